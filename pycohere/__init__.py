@@ -1,0 +1,15 @@
+"""pycohere: a readable, exact NumPy reference implementation of Cohere's Command-R family."""
+from .cache import KVCache
+from .config import AutoConfig, Cohere2Config, CohereConfig
+from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
+                    Cohere2ForCausalLM, Cohere2Model, CohereForCausalLM, CohereModel)
+from .trace import Recorder
+from . import errors
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoConfig", "AutoModel", "AutoModelForCausalLM", "BaseModelOutputWithPast", "CausalLMOutput",
+    "Cohere2Config", "Cohere2ForCausalLM", "Cohere2Model", "CohereConfig", "CohereForCausalLM",
+    "CohereModel", "KVCache", "Recorder", "errors", "__version__",
+]
