@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+BASE = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
             logit_scale=0.5, layer_norm_eps=1e-5, pad_token_id=0, bos_token_id=5, eos_token_id=6,
             tie_word_embeddings=True, rope_theta=10000.0)
@@ -25,7 +25,7 @@ CASES = {
     "attn_bias": ("cohere", dict(attention_bias=True), "float32", "5.x", False, 12, False),
     "gelu": ("cohere", dict(hidden_act="gelu"), "float32", "5.x", False, 12, False),
     "untied": ("cohere", dict(tie_word_embeddings=False), "float32", "5.x", False, 12, False),
-    "head_dim": ("cohere", dict(head_dim=8), "float32", "5.x", False, 12, False),
+    "head_dim": ("cohere", dict(head_dim=12), "float32", "5.x", False, 12, False),
     "rope_linear": ("cohere", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "float32", "5.x", False, 12, False),
     "rope_dynamic": ("cohere", dict(max_position_embeddings=16, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
                      "float32", "5.x", False, 30, False),
@@ -33,7 +33,7 @@ CASES = {
                   "float32", "5.x", False, 30, False),
     "rope_longrope": ("cohere", dict(max_position_embeddings=64, rope_scaling={
         "rope_type": "longrope", "original_max_position_embeddings": 16,
-        "short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.5 * i for i in range(8)]}),
+        "short_factor": [1.0 + 0.1 * i for i in range(4)], "long_factor": [1.0 + 0.5 * i for i in range(4)]}),
         "float32", "5.x", False, 30, False),
     "rope_llama3": ("cohere", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
