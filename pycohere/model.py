@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from . import hub
 from . import layers as L
 from .backends import resolve_backend
 from .cache import KVCache, layer_windows
 from .config import AutoConfig, Cohere2Config, CohereConfig
 from .errors import AttentionMaskError, CacheError, InputError, TokenIdError
+from .generation import GenerationMixin
 from .rope import compute_inv_freq, rope_cos_sin
 from .tensors import DenseWeight, widen
 from .weights import Checkpoint, check_manifest
@@ -101,8 +103,10 @@ class _Pretrained:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", backend: str = "auto",
-                        materialize: bool = False, config=None, **kwargs):
-        """Load a checkpoint folder (config.json + safetensors, single or sharded).
+                        materialize: bool = False, config=None, revision: str | None = None,
+                        cache_dir=None, local_files_only: bool | None = None, token=None, **kwargs):
+        """Load a checkpoint folder (config.json + safetensors, single or sharded) or a hub repo id
+        (fetched into the standard hub cache; ``HF_HUB_OFFLINE=1`` uses the cache only).
 
         dtype: "float32" (as transformers) or "float64" (the golden reference path).
         backend: "numpy" (the spec), "numba" or "auto".
@@ -111,7 +115,7 @@ class _Pretrained:
         """
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
-        path = Path(path)
+        path = hub.resolve(path, revision, cache_dir, local_files_only, token)
         config = config or cls.config_class.from_pretrained(path)
         if not isinstance(config, cls.config_class):
             raise InputError(f"{cls.__name__} reads model_type {cls.config_class.model_type!r}, but "
@@ -267,7 +271,7 @@ class CohereModel(_Pretrained):
         return rec
 
 
-class CohereForCausalLM(_Pretrained):
+class CohereForCausalLM(_Pretrained, GenerationMixin):
     """Decoder + output head: logits = (final hidden @ E.T) * logit_scale."""
 
     config_class = CohereConfig
@@ -339,6 +343,7 @@ class AutoModelForCausalLM:
 
     @staticmethod
     def from_pretrained(path, **kwargs) -> CohereForCausalLM:
+        path = hub.resolve(path, *(kwargs.pop(k, None) for k in ("revision", "cache_dir", "local_files_only", "token")))
         config = AutoConfig.from_pretrained(path)
         return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, **kwargs)
 
@@ -346,5 +351,6 @@ class AutoModelForCausalLM:
 class AutoModel:
     @staticmethod
     def from_pretrained(path, **kwargs) -> CohereModel:
+        path = hub.resolve(path, *(kwargs.pop(k, None) for k in ("revision", "cache_dir", "local_files_only", "token")))
         config = AutoConfig.from_pretrained(path)
         return BASE_MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, **kwargs)

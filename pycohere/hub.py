@@ -1,0 +1,43 @@
+"""Local folders and Hugging Face hub repo ids, resolved to a local checkpoint folder.
+
+A repo id ("CohereLabs/c4ai-command-r7b-12-2024") is fetched with ``huggingface_hub.snapshot_download``
+into the standard hub cache, limited to the files pycohere reads (safetensors, JSON, tokenizer files;
+never pickles). ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) resolves from the cache only.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import CheckpointNotFoundError
+
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.txt", "*.gguf"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve(path_or_repo, revision: str | None = None, cache_dir=None, local_files_only: bool | None = None,
+            token=None) -> Path:
+    """Return a local path for a folder/file path or a hub repo id."""
+    p = Path(os.path.expanduser(str(path_or_repo)))
+    if p.exists():
+        return p
+    name = str(path_or_repo)
+    if not _REPO_ID.match(name) or name.startswith((".", "/", "~")):
+        raise CheckpointNotFoundError(f"{name} is neither an existing file or folder nor a hub repo id "
+                                      "('organisation/name'); check the path")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    offline = local_files_only if local_files_only is not None else \
+        os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    try:
+        folder = snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+                                   allow_patterns=ALLOW_PATTERNS, token=token)
+    except LocalEntryNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{name} is not in the local hub cache and downloading is off (HF_HUB_OFFLINE / local_files_only) "
+            "or the hub cannot be reached; download it once with network access or pass a local folder") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointNotFoundError(f"could not fetch {name} from the hub ({type(e).__name__}: {e}); "
+                                      "check the repo id, your token and network, or pass a local folder") from None
+    return Path(folder)
