@@ -3,6 +3,8 @@ from .cache import KVCache
 from .config import AutoConfig, Cohere2Config, CohereConfig
 from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
                     Cohere2ForCausalLM, Cohere2Model, CohereForCausalLM, CohereModel)
+from .tokenizer import CohereTokenizer, IncrementalDetokenizer
+from .chat import apply_chat_template, parse_grounded_answer, parse_tool_calls
 from .trace import Recorder
 from . import errors
 
@@ -12,4 +14,5 @@ __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "BaseModelOutputWithPast", "CausalLMOutput",
     "Cohere2Config", "Cohere2ForCausalLM", "Cohere2Model", "CohereConfig", "CohereForCausalLM",
     "CohereModel", "KVCache", "Recorder", "errors", "__version__",
+    "CohereTokenizer", "IncrementalDetokenizer", "apply_chat_template", "parse_grounded_answer", "parse_tool_calls",
 ]

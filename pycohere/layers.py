@@ -171,8 +171,13 @@ def attention_block(h, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_
     k_all, v_all, start = cache_kv(k, v)                              # (B, S, K, Dh)
     kv_index = np.arange(start, start + k_all.shape[1])               # (S,)
     kv_valid = None if mask2d is None else mask2d[:, kv_index]        # (B, S)
-    allowed = attention_mask(q_index, kv_index, kv_valid, window)     # (B or 1, 1, T, S)
-    o = attention(q, k_all, v_all, allowed, rec, prefix)              # (B, T, H, Dh)
+    kernel = cfg.get("attention_kernel")
+    if kernel is not None and rec is None:
+        # fast twin (pycohere.kernels): the same mask rules, no (B, H, T, S) tensors
+        o = kernel(q, k_all, v_all, q_index, start, kv_valid, window)
+    else:
+        allowed = attention_mask(q_index, kv_index, kv_valid, window) # (B or 1, 1, T, S)
+        o = attention(q, k_all, v_all, allowed, rec, prefix)          # (B, T, H, Dh)
     _rec(rec, prefix + "attn_context", o)
     out = linear(o.reshape(B, T, H * Dh), p["o_proj"], p.get("o_bias"))  # (B, T, D)
     _rec(rec, prefix + "attn_out", out)

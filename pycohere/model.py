@@ -16,7 +16,7 @@ import numpy as np
 
 from . import hub
 from . import layers as L
-from .backends import resolve_backend
+from .backends import attention_kernel, resolve_backend
 from .cache import KVCache, layer_windows
 from .config import AutoConfig, Cohere2Config, CohereConfig
 from .errors import AttentionMaskError, CacheError, InputError, TokenIdError
@@ -139,7 +139,8 @@ class CohereModel(_Pretrained):
         self.backend = backend
         self.checkpoint = checkpoint
         self._cfg = {"H": config.num_attention_heads, "K": config.num_key_value_heads,
-                     "Dh": config.get_head_dim(), "eps": config.layer_norm_eps, "act": config.hidden_act}
+                     "Dh": config.get_head_dim(), "eps": config.layer_norm_eps, "act": config.hidden_act,
+                     "attention_kernel": attention_kernel(backend, dtype)}
         self._windows = layer_windows(config)
         self._warned_long = False
 

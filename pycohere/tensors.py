@@ -119,11 +119,17 @@ class DenseWeight(Weight):
     def rows(self, ids: np.ndarray, dtype=None) -> np.ndarray:
         # Gather first, widen after: an embedding lookup touches only the rows it needs.
         dtype = self.compute_dtype if dtype is None else np.dtype(dtype)
+        if self.backend == "numba" and self.raw is not None and dtype == np.float32:
+            from .kernels import gather_rows
+            return gather_rows(self.raw, self.storage, ids)
         if self.raw is None:
             return self._full[ids].astype(dtype, copy=False)
         return widen(self.raw[ids], self.storage, dtype)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "numba" and self.raw is not None and x.dtype == np.float32:
+            from .kernels import dense_matmul  # the fast twin of the lines below
+            return dense_matmul(x, self.raw, self.storage)
         full = self._full if self._full is not None and self._full.dtype == x.dtype else None
         if full is not None:
             return x @ full.T

@@ -16,10 +16,10 @@ PARITY = DATA / "parity"
 CASES = sorted(p.name for p in PARITY.iterdir() if p.is_dir())
 
 
-def _run(name, dtype="float32"):
+def _run(name, dtype="float32", backend="numpy"):
     exp = np.load(PARITY / name / "expected.npz")
     mask = exp["attention_mask"]
-    model = pycohere.AutoModelForCausalLM.from_pretrained(PARITY / name, dtype=dtype)
+    model = pycohere.AutoModelForCausalLM.from_pretrained(PARITY / name, dtype=dtype, backend=backend)
     out = model(exp["input_ids"], attention_mask=mask if bool(exp["use_mask"]) else None).logits
     return out, exp["logits"], mask.astype(bool)
 
@@ -31,9 +31,9 @@ def test_fixtures_present_and_recorded():
 
 
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_logits_match_transformers_fixture(name, dtype):
-    out, ref, keep = _run(name, dtype)
+@pytest.mark.parametrize("dtype, backend", [("float32", "numpy"), ("float64", "numpy"), ("float32", "numba")])
+def test_logits_match_transformers_fixture(name, dtype, backend):
+    out, ref, keep = _run(name, dtype, backend)
     scale = max(1.0, float(np.abs(ref).max()))
     assert np.abs(out - ref)[keep].max() <= 1e-4 * scale
 
@@ -57,3 +57,11 @@ def test_fixtures_catch_known_porting_mistakes(mutation, monkeypatch):
         monkeypatch.setattr(L, "layer_norm", lambda x, w, eps: w * x / np.sqrt((x * x).mean(-1, keepdims=True) + eps))
     out, ref, keep = _run("qk_norm")
     assert np.abs(out - ref)[keep].max() > 1e-2
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_numba_backend_equals_numpy_spec(name):
+    """Issue 5's bar: the fast path within 1e-4 x max(1, max|logit|) of the spec on every case."""
+    spec, _, keep = _run(name, "float32", "numpy")
+    fast, _, _ = _run(name, "float32", "numba")
+    assert np.abs(fast - spec)[keep].max() <= 1e-4 * max(1.0, float(np.abs(spec).max()))

@@ -40,13 +40,14 @@ def _compare(name, ours, ref, mask, tol):
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("name", CASES)
-def test_float32_logits_match_transformers(name, saved):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_float32_logits_match_transformers(name, backend, saved):
     folder, hf = saved(name)
     ids, mask = oracle.case_inputs(name)
     padded = oracle.CASES[name][6]
     am = mask if padded else None
     ref = oracle.hf_forward(hf, ids, am).logits.numpy()
-    model = pycohere.AutoModelForCausalLM.from_pretrained(folder)
+    model = pycohere.AutoModelForCausalLM.from_pretrained(folder, backend=backend)
     assert type(model).__name__ == type(hf).__name__
     _compare(name, model(ids, attention_mask=am).logits, ref, mask, 1e-4)
 

@@ -27,13 +27,17 @@ def main(argv=None):
     ap.add_argument("checkpoint")
     ap.add_argument("--tokens", type=int, default=0, help="also run a forward of this many tokens")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--backend", default="auto")
     args = ap.parse_args(argv)
     import numpy as np
     import pycohere
+    from pycohere.backends import attention_kernel, resolve_backend
     from pycohere.weights import Checkpoint
+    # import the backend's modules (numba, llvmlite) first: we measure the checkpoint, not the library
+    attention_kernel(resolve_backend(args.backend), args.dtype)
     before = rss_bytes()
     t0 = time.perf_counter()
-    model = pycohere.AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
+    model = pycohere.AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype, backend=args.backend)
     load_s = time.perf_counter() - t0
     after = rss_bytes()
     result = {"rss_before": before, "rss_after_load": after, "load_seconds": load_s,

@@ -1,0 +1,20 @@
+"""Quantized weights: registered schemes (the NumPy spec), packed tensors and their Weight.
+
+    >>> from pycohere.quant import quantize, QuantizedWeight
+    >>> q = quantize(w, "int4", group_size=64)        # w: float [out, in]
+    >>> q.arrays, q.metadata                          # plain arrays + JSON-able dict
+    >>> W = QuantizedWeight(q.arrays, q.metadata)     # what layers use: W.matmul(x)
+
+Schemes: int8 (per channel or per group), int4, int4-asym, nf4 (bitsandbytes), and llama.cpp's
+q8_0, q4_0, q4_1 (byte-for-byte GGUF blocks) plus dequantize-only q4_k and q6_k.
+"""
+from __future__ import annotations
+
+from .schemes import (FORMAT_VERSION, NF4_TABLE, SCHEMES, QuantizedTensor, QuantScheme,
+                      array_shapes, dequantize, get_scheme, quantize)
+from .weight import QuantizedWeight
+
+__all__ = [
+    "FORMAT_VERSION", "NF4_TABLE", "SCHEMES", "QuantScheme", "QuantizedTensor", "QuantizedWeight",
+    "array_shapes", "dequantize", "get_scheme", "quantize",
+]

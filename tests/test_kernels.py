@@ -1,0 +1,92 @@
+"""Every Numba kernel against its NumPy twin (hypothesis over shapes). Also run with NUMBA_DISABLE_JIT=1."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pycohere import kernels as K
+from pycohere import layers as L
+from pycohere.tensors import bf16_bits, widen
+
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
+SETTINGS = settings(max_examples=8 if NO_JIT else 40, deadline=None)
+small = st.integers(1, 3) if NO_JIT else st.integers(1, 40)
+
+
+def _raw(rng, shape, storage):
+    w = rng.standard_normal(shape).astype(np.float32)
+    if storage == "BF16":
+        return bf16_bits(w)
+    if storage == "F16":
+        return w.astype(np.float16)
+    return w
+
+
+@SETTINGS
+@given(st.sampled_from(["BF16", "F16", "F32"]), small, st.integers(1, 70), st.integers(1, 90),
+       st.integers(0, 10**6))
+def test_dense_matmul_equals_widen_then_matmul(storage, rows, out_dim, in_dim, seed):
+    rng = np.random.default_rng(seed)
+    raw = _raw(rng, (out_dim, in_dim), storage)
+    x = rng.standard_normal((rows, in_dim)).astype(np.float32)
+    ref = x.astype(np.float64) @ widen(raw, storage, np.float64).T
+    got = K.dense_matmul(x, raw, storage)
+    assert got.shape == (rows, out_dim) and got.dtype == np.float32
+    # float32 accumulation in another order than BLAS: bounded by in_dim * eps * |x||w|
+    bound = 4 * in_dim * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(widen(raw, storage, np.float64)).T) + 1e-30
+    assert (np.abs(got - ref) <= bound).all()
+
+
+def test_prefill_path_uses_tiles_and_equals_spec(monkeypatch):
+    monkeypatch.setattr(K, "TILE_ELEMENTS", 64)  # force several tiles on a small matrix
+    rng = np.random.default_rng(0)
+    raw = _raw(rng, (37, 20), "BF16")
+    x = rng.standard_normal((2, 9, 20)).astype(np.float32)  # 18 rows > GEMV_MAX_ROWS: BLAS path
+    np.testing.assert_allclose(K.dense_matmul(x, raw, "BF16"), x @ widen(raw, "BF16").T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["BF16", "F16", "F32"])
+def test_widen_and_gather_are_exact(storage):
+    rng = np.random.default_rng(1)
+    raw = _raw(rng, (11, 7), storage)
+    ids = np.array([[3, 0, 10], [3, 3, 1]])
+    np.testing.assert_array_equal(K.gather_rows(raw, storage, ids), widen(raw, storage)[ids])
+    special = np.array([[0x7F80, 0xFF80, 0x0001, 0x8000, 0x7FC0]], dtype=np.uint16)  # inf, -inf, subnormal, -0, nan
+    np.testing.assert_array_equal(K.widen_bf16(special).view(np.uint32), widen(special, "BF16").view(np.uint32))
+
+
+@SETTINGS
+@given(B=st.integers(1, 2), T=st.integers(1, 12), past=st.integers(0, 9),
+       heads=st.sampled_from([(4, 4), (4, 2), (4, 1), (6, 3)]), Dh=st.sampled_from([2, 4, 8]),
+       window=st.one_of(st.none(), st.integers(1, 8)), pad=st.integers(0, 5), data=st.data())
+def test_attention_kernels_equal_spec(B, T, past, heads, Dh, window, pad, data):
+    H, Kh = heads
+    rng = np.random.default_rng(data.draw(st.integers(0, 10**6)))
+    S = past + T
+    start = data.draw(st.integers(0, past))        # a cache that dropped its oldest entries
+    q = rng.standard_normal((B, T, H, Dh)).astype(np.float32)
+    k = rng.standard_normal((B, S - start, Kh, Dh)).astype(np.float32)
+    v = rng.standard_normal((B, S - start, Kh, Dh)).astype(np.float32)
+    q_index = np.arange(past, past + T)
+    kv_index = np.arange(start, S)
+    valid = np.ones((B, S), dtype=bool)
+    valid[-1, :min(pad, S)] = False                   # left padding in the last row (may mask whole rows)
+    kv_valid = valid[:, kv_index]
+    ref = L.attention(q, k, v, L.attention_mask(q_index, kv_index, kv_valid, window))
+    for kernel in (K.decode_attention, K.flash_attention):
+        args = (q, k, v, q_index, np.int64(start), kv_valid, np.int64(window or 0))
+        got = kernel(*args, np.int64(data.draw(st.sampled_from([1, 3, 64])))) if kernel is K.flash_attention \
+            else kernel(*args)
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.skipif(NO_JIT, reason="this is the launcher of the NUMBA_DISABLE_JIT run itself")
+def test_kernels_also_pass_as_plain_python():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout
