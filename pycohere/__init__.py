@@ -3,6 +3,9 @@ from .cache import KVCache
 from .config import AutoConfig, Cohere2Config, CohereConfig
 from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
                     Cohere2ForCausalLM, Cohere2Model, CohereForCausalLM, CohereModel)
+from .generation import (BaseStreamer, GenerateDecoderOnlyOutput, GenerationConfig, GenerationMixin,
+                         TextIteratorStreamer, TextStreamer)
+from .pipeline import TextGenerationPipeline, pipeline
 from .tokenizer import CohereTokenizer, IncrementalDetokenizer
 from .chat import apply_chat_template, parse_grounded_answer, parse_tool_calls
 from .trace import Recorder
@@ -15,4 +18,6 @@ __all__ = [
     "Cohere2Config", "Cohere2ForCausalLM", "Cohere2Model", "CohereConfig", "CohereForCausalLM",
     "CohereModel", "KVCache", "Recorder", "errors", "__version__",
     "CohereTokenizer", "IncrementalDetokenizer", "apply_chat_template", "parse_grounded_answer", "parse_tool_calls",
+    "BaseStreamer", "GenerateDecoderOnlyOutput", "GenerationConfig", "GenerationMixin", "TextGenerationPipeline",
+    "TextIteratorStreamer", "TextStreamer", "pipeline",
 ]

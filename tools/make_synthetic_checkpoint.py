@@ -57,7 +57,8 @@ def write(out, hidden=1024, intermediate=2048, layers=2, heads=8, kv_heads=2, vo
     cfg = dict(model_type="cohere", vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                max_position_embeddings=8192, rope_theta=8e6, logit_scale=logit_scale, use_qk_norm=qk_norm,
-               tie_word_embeddings=True, torch_dtype="bfloat16")
+               tie_word_embeddings=True, torch_dtype="bfloat16", pad_token_id=0, bos_token_id=5,
+               eos_token_id=255001 if vocab > 255001 else vocab - 1)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
 
