@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import PycohereError
+from .errors import InputError, PycohereError
 
 
 def _human(n: float) -> str:
@@ -62,6 +62,164 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+# --- loading -----------------------------------------------------------------------------------------
+def demo_model_path():
+    """The bundled demo model (pycohere/demo), the default when --model is not given."""
+    from pathlib import Path
+    from .errors import CheckpointNotFoundError
+    p = Path(__file__).resolve().parent / "demo"
+    if not (p / "config.json").exists():
+        raise CheckpointNotFoundError(f"the bundled demo model is missing from {p}; reinstall pycohere or pass --model")
+    return p
+
+
+def _load(args):
+    """(model, tokenizer) for --model (default: the bundled demo model)."""
+    from .hub import resolve
+    from .model import AutoModelForCausalLM
+    from .tokenizer import CohereTokenizer
+    path = resolve(args.model) if args.model else demo_model_path()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype, backend=args.backend)
+    return model, CohereTokenizer.from_pretrained(path)
+
+
+def _sampling_kwargs(args) -> dict:
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+              top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+              seed=args.seed)
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _add_model_args(p, sampling=True):
+    p.add_argument("--model", "-m", default=None, help="checkpoint folder or hub repo id (default: the bundled demo model)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
+    if sampling:
+        g = p.add_argument_group("generation")
+        g.add_argument("--max-new-tokens", "-n", type=int, default=64)
+        g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                       help="sample instead of greedy decoding (default: the model's generation_config)")
+        g.add_argument("--temperature", type=float, default=None)
+        g.add_argument("--top-k", type=int, default=None)
+        g.add_argument("--top-p", type=float, default=None)
+        g.add_argument("--min-p", type=float, default=None)
+        g.add_argument("--repetition-penalty", type=float, default=None)
+        g.add_argument("--seed", type=int, default=None, help="seed of the sampler (reproducible runs)")
+
+
+class _CountingStreamer:
+    """Wraps a TextStreamer: also counts the generated tokens and times the first one."""
+
+    def __init__(self, inner):
+        import time
+        self.inner, self.n, self.first, self.t0 = inner, None, None, time.perf_counter()
+
+    def put(self, value):
+        import time
+        import numpy as np
+        if self.n is None:  # the first put is the prompt (transformers' streamer protocol)
+            self.n = 0
+        else:
+            self.n += int(np.asarray(value).size)
+            if self.first is None:
+                self.first = time.perf_counter() - self.t0
+        self.inner.put(value)
+
+    def end(self):
+        self.inner.end()
+
+
+def cmd_generate(args) -> int:
+    """Stream a continuation of the prompt (or of standard input when piped)."""
+    import json
+    import time
+    from .generation import TextStreamer
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise InputError("give a prompt: pycohere generate \"text\" (or pipe it in on standard input)")
+        prompt = sys.stdin.read()
+        prompt = prompt[:-1] if prompt.endswith("\n") else prompt
+    model, tok = _load(args)
+    if args.chat:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    else:
+        ids = tok.encode(prompt)
+    kw = _sampling_kwargs(args)
+    t0 = time.perf_counter()
+    if args.json:
+        out = model.generate([ids], **kw)[0, len(ids):]
+        dt = time.perf_counter() - t0
+        text = tok.decode(out.tolist(), skip_special_tokens=True)
+        print(json.dumps({"prompt": prompt, "completion": text, "prompt_tokens": len(ids),
+                          "completion_tokens": int(out.size), "seconds": round(dt, 4),
+                          "tokens_per_second": round(out.size / dt, 2) if dt > 0 else None,
+                          "token_ids": out.tolist()}, ensure_ascii=False))
+        return 0
+    if not args.chat:
+        print(prompt, end="", flush=True)
+    streamer = _CountingStreamer(TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
+    model.generate([ids], streamer=streamer, **kw)
+    dt = time.perf_counter() - t0
+    first = f", first token after {streamer.first:.2f} s" if streamer.first is not None else ""
+    print(f"[{streamer.n} tokens in {dt:.2f} s: {streamer.n / dt:.1f} tokens/s{first}]", file=sys.stderr)
+    return 0
+
+
+CHAT_HELP = "commands: /system TEXT (set the system message), /reset (forget the conversation), /exit"
+
+
+def cmd_chat(args) -> int:
+    """Interactive chat with history; works on a terminal and with piped input."""
+    from .generation import TextStreamer
+    model, tok = _load(args)
+    tty = sys.stdin.isatty()
+    system = args.system
+    history: list[dict] = []
+    if tty:
+        print(f"pycohere chat ({model.config.model_type}); {CHAT_HELP}", file=sys.stderr)
+    while True:
+        if tty:
+            print("> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, rest = line.partition(" ")
+            if cmd in ("/exit", "/quit"):
+                break
+            if cmd == "/reset":
+                history.clear()
+                print("[conversation reset]", file=sys.stderr)
+            elif cmd == "/system":
+                system = rest.strip() or None
+                history.clear()
+                print(f"[system message {'set' if system else 'cleared'}; conversation reset]", file=sys.stderr)
+            else:
+                print(f"[unknown command {cmd}; {CHAT_HELP}]", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True)
+        out = model.generate([ids], streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True),
+                             **_sampling_kwargs(args))
+        reply = tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
+        history.append({"role": "assistant", "content": reply.strip()})
+    return 0
+
+
+def cmd_mask(args) -> int:
+    """Print the attention masks the model applies to the prompt."""
+    from .visualize import AttentionMaskVisualizer
+    from .hub import resolve
+    path = resolve(args.model)
+    AttentionMaskVisualizer(path, color=sys.stdout.isatty() and not args.no_color)(args.prompt)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycohere", description="Cohere Command-R family in NumPy: inspect "
                                 "checkpoints and run them on a CPU.")
@@ -71,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("model", help="checkpoint folder (config.json + safetensors)")
     ins.add_argument("--all", action="store_true", help="list every tensor")
     ins.set_defaults(func=cmd_inspect)
+
+    gen = sub.add_parser("generate", help="continue a prompt, streaming the tokens",
+                         description="Continue PROMPT (or standard input when piped) and stream the tokens; "
+                                     "prints tokens/s to stderr at the end.")
+    gen.add_argument("prompt", nargs="?", default=None, help="the text to continue (default: read standard input)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as a user turn")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    _add_model_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat (also works with piped input)",
+                          description="Chat with the model. " + CHAT_HELP + ".")
+    chat.add_argument("--system", default=None, help="system message (preamble)")
+    _add_model_args(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    mask = sub.add_parser("mask", help="picture the attention masks for a prompt",
+                          description="Show which tokens attend to which, with the sliding-window panel for "
+                                      "Cohere2 models (as transformers' AttentionMaskVisualizer).")
+    mask.add_argument("model", help="checkpoint folder or hub repo id (with tokenizer files)")
+    mask.add_argument("prompt")
+    mask.add_argument("--no-color", action="store_true")
+    mask.set_defaults(func=cmd_mask)
     return p
 
 

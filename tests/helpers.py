@@ -61,3 +61,22 @@ def _retag_dtype(path: Path, old: str, new: str) -> None:
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
     path.write_bytes(len(h).to_bytes(8, "little") + h + raw[8 + n:])
+
+
+TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "tokenizer" / "tiny-command-r"
+
+
+def write_chat_model(folder, model_type="cohere", seed=0, **overrides) -> Path:
+    """A tiny random model whose vocabulary is the committed tiny Command-R tokenizer's."""
+    import shutil
+    tok = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
+    vocab = len(tok["model"]["vocab"]) + sum(1 for t in tok["added_tokens"] if t["id"] >= len(tok["model"]["vocab"]))
+    cfg = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text())
+    ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    folder = write_checkpoint(folder, model_type, seed, vocab_size=max(vocab, max(ids.values()) + 1),
+                              eos_token_id=ids["<|END_OF_TURN_TOKEN|>"], bos_token_id=ids["<BOS_TOKEN>"],
+                              pad_token_id=ids["<PAD>"], **overrides)
+    for f in TOKENIZER_DIR.iterdir():
+        if f.is_file() and not f.name.endswith(".py"):
+            shutil.copy(f, folder / f.name)
+    return folder
