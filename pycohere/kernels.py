@@ -160,7 +160,7 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
     rows = max(1, TILE_ELEMENTS // raw.shape[1])
     for r in range(0, raw.shape[0], rows):
         tile = widen_bf16(raw[r:r + rows]) if storage == "BF16" else widen_f16(raw[r:r + rows], F16_TABLE)
-        np.matmul(x2, tile.T, out=out[:, r:r + rows])
+        out[:, r:r + rows] = x2 @ tile.T  # (matmul into a strided out= slice skips BLAS: copy instead)
     return out.reshape(lead + (raw.shape[0],))
 
 

@@ -139,7 +139,9 @@ def find_weight_files(folder: Path) -> list[Path]:
 class Checkpoint:
     """All tensors of a checkpoint by name (mmap views), from a folder or a single file."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, progress: bool | None = None):
+        """progress: show a bar over the files (default: for checkpoints over 1 GiB when stderr is a
+        terminal). Mapping is fast; the bar mostly reports how many shards were opened and checked."""
         path = Path(path)
         if path.suffix in PICKLE_SUFFIXES:
             refuse_pickle(path)
@@ -149,7 +151,14 @@ class Checkpoint:
         self.files = find_weight_files(path) if path.is_dir() else [path]
         self.tensors: dict[str, TensorRef] = {}
         self.metadata: dict = {}
-        for f in self.files:
+        files = self.files
+        if progress is None:
+            import sys
+            progress = sys.stderr.isatty() and sum(f.stat().st_size for f in files) > (1 << 30)
+        if progress:
+            from tqdm.auto import tqdm  # (a dependency of huggingface_hub)
+            files = tqdm(files, desc=f"mapping {path.name}", unit="file", leave=False)
+        for f in files:
             tensors, meta = open_safetensors(f)
             dup = set(tensors) & set(self.tensors)
             if dup:

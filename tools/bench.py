@@ -25,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ("numba", "numpy", "hf-fp32", "hf-bf16")
+# extra: "numba-omp" = the numba backend with Numba's OpenMP threading layer instead of workqueue
 
 
 # --- worker: one implementation, one fresh process -----------------------------------------------
@@ -56,7 +57,7 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
     else:
         import pycohere
         t = time.perf_counter()
-        model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt, backend=impl)
+        model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt, backend=impl.split("-")[0])
         r["load_s"] = time.perf_counter() - t
         warm = model(ids_short[:, :8], logits_to_keep=1)  # first-call JIT compile (cache=True on disk)
         cache = pycohere.KVCache.for_model(model.config)
@@ -180,7 +181,8 @@ def main(argv=None):
             n = args.numpy_decode if impl == "numpy" else args.decode
             cmd = [sys.executable, __file__, "--worker", impl, "--ckpt", str(ckpt), "--prompt", str(args.prompt),
                    "--long-prompt", str(args.long_prompt), "--decode", str(n)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ, NUMBA_THREADING_LAYER="omp" if impl == "numba-omp" else "workqueue")
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 print(f"{impl} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -205,7 +207,7 @@ def main(argv=None):
             print(f"| {impl} | failed | | | | | |")
             continue
         fmt = lambda key, f="{:.1f}": (lambda s: "" if s is None else f"{f.format(s[0])} ({f.format(s[1])}–{f.format(s[2])})")(summarise(rs, key))
-        weight_bytes = ckpt_bytes * (2 if impl in ("hf-fp32", "numpy") else 1)  # fp32 copies read 2x
+        weight_bytes = ckpt_bytes * (2 if impl in ("hf-fp32", "numpy") else 1)  # fp32 weights: 2x the bytes
         roof = bw * 1e9 / weight_bytes
         dec = summarise(rs, "decode_tps")
         rss = summarise(rs, "peak_rss")
