@@ -1,4 +1,6 @@
 """pycohere: a readable, exact NumPy reference implementation of Cohere's Command-R family."""
+import os as _os
+
 from .cache import KVCache
 from .config import AutoConfig, Cohere2Config, CohereConfig
 from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
@@ -13,10 +15,13 @@ from . import errors
 
 __version__ = "0.1.0"
 
+# the bundled demo model (a small Cohere-architecture model trained in this project: pycohere/demo)
+DEMO_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "demo")
+
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "BaseModelOutputWithPast", "CausalLMOutput",
     "Cohere2Config", "Cohere2ForCausalLM", "Cohere2Model", "CohereConfig", "CohereForCausalLM",
-    "CohereModel", "KVCache", "Recorder", "errors", "__version__",
+    "CohereModel", "KVCache", "Recorder", "errors", "__version__", "DEMO_MODEL",
     "CohereTokenizer", "IncrementalDetokenizer", "apply_chat_template", "parse_grounded_answer", "parse_tool_calls",
     "BaseStreamer", "GenerateDecoderOnlyOutput", "GenerationConfig", "GenerationMixin", "TextGenerationPipeline",
     "TextIteratorStreamer", "TextStreamer", "pipeline",

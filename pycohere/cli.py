@@ -66,8 +66,9 @@ def cmd_inspect(args) -> int:
 def demo_model_path():
     """The bundled demo model (pycohere/demo), the default when --model is not given."""
     from pathlib import Path
+    from . import DEMO_MODEL
     from .errors import CheckpointNotFoundError
-    p = Path(__file__).resolve().parent / "demo"
+    p = Path(DEMO_MODEL)
     if not (p / "config.json").exists():
         raise CheckpointNotFoundError(f"the bundled demo model is missing from {p}; reinstall pycohere or pass --model")
     return p
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("model", help="checkpoint folder (config.json + safetensors)")
     ins.add_argument("--all", action="store_true", help="list every tensor")
     ins.set_defaults(func=cmd_inspect)
+    from . import explain, golden  # local import keeps `pycohere inspect` start-up light
+    golden.register(sub)
+    explain.register(sub)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the tokens",
                          description="Continue PROMPT (or standard input when piped) and stream the tokens; "
@@ -263,6 +267,10 @@ def main(argv=None) -> int:
         return 0
     try:
         return args.func(args)
+    except BrokenPipeError:  # `pycohere ... | head`: the reader left; not an error (Python docs recipe)
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (PycohereError, OSError) as e:
         if args.debug:
             raise
