@@ -40,6 +40,13 @@ class LayerCache:
             self.start += drop
             self.length = keep
 
+    def fits(self, T: int) -> bool:
+        """Whether T more tokens fit (only a static full-attention layer can be full)."""
+        if not self.static or self.window is not None:
+            return True
+        capacity = self.k.shape[1] if self.k is not None else self.capacity
+        return self.length + T <= capacity
+
     def update(self, k: np.ndarray, v: np.ndarray):
         """Append k, v (B, T, K, Dh); return (k_all, v_all) (B, S, K, Dh) and their first absolute index."""
         B, T, K, Dh = k.shape
@@ -84,6 +91,7 @@ class KVCache:
             raise CacheError("a static cache needs max_cache_len (prompt length + max_new_tokens)")
         self.static = static
         self.max_cache_len = max_cache_len
+        self.windows = list(windows)
         cap = max_cache_len or 0
         self.layers = [LayerCache(w, cap if w is None else min(cap, 2 * w) if cap else 0, static)
                        for w in windows]
@@ -94,6 +102,12 @@ class KVCache:
 
     def __len__(self):
         return len(self.layers)
+
+    def reserve(self, T: int) -> None:
+        """Raise CacheError unless every layer can take T more tokens (checked before any layer appends)."""
+        if not all(layer.fits(T) for layer in self.layers):
+            raise CacheError(f"static cache is full: it holds {self.max_cache_len} tokens, has "
+                             f"{self.get_seq_length()} and this call adds {T}; create it with a larger max_cache_len")
 
     def update(self, layer_idx: int, k: np.ndarray, v: np.ndarray):
         return self.layers[layer_idx].update(k, v)

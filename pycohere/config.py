@@ -71,9 +71,17 @@ class CohereConfig:
     def _standardize_rope(self, params, rope_scaling, rope_theta) -> dict:
         """One flat dict {rope_type, rope_theta, ...} whatever the schema (transformers
         ``convert_rope_params_to_dict`` + ``standardize_rope_params``)."""
-        params = dict(rope_scaling or params or {})
-        if not isinstance(params, dict):
-            raise ConfigError(f"rope_parameters/rope_scaling must be a JSON object, got {params!r}")
+        raw = rope_scaling or params or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"rope_parameters/rope_scaling must be a JSON object, got {raw!r}")
+        params = dict(raw)
+        if any(isinstance(v, dict) for v in params.values()):
+            raise ConfigError("rope_parameters nested per layer type (e.g. {'sliding_attention': {...}}) are not "
+                              "used by Cohere models (transformers' Cohere cannot read them either); write one "
+                              "flat rope_parameters object")
+        top_partial = getattr(self, "partial_rotary_factor", None)  # transformers moves it into the dict
+        if top_partial is not None:
+            params.setdefault("partial_rotary_factor", top_partial)
         if rope_theta is not None:
             params.setdefault("rope_theta", rope_theta)
         params.setdefault("rope_theta", self.default_theta)
@@ -122,7 +130,8 @@ class CohereConfig:
 
         ok = all([positive_int(n) for n in ("vocab_size", "hidden_size", "intermediate_size",
                                               "num_hidden_layers", "num_attention_heads",
-                                              "num_key_value_heads", "max_position_embeddings")])
+                                              "num_key_value_heads", "max_position_embeddings")
+                  + (("head_dim",) if self.head_dim is not None else ())])
         if ok:
             H, K = self.num_attention_heads, self.num_key_value_heads
             if H % K:
@@ -138,6 +147,13 @@ class CohereConfig:
             problems.append(f"hidden_act {self.hidden_act!r} is not supported; use one of {HIDDEN_ACTS}")
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
             problems.append(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
+        for name in ("tie_word_embeddings", "attention_bias") + (("use_qk_norm",) if "use_qk_norm" in self.defaults else ()):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        eos = self.eos_token_id
+        if eos is not None and not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                                       for e in (eos if isinstance(eos, list) else [eos])):
+            problems.append(f"eos_token_id must be a token id or a list of ids, got {eos!r}")
         if not isinstance(self.logit_scale, (int, float)) or isinstance(self.logit_scale, bool):
             problems.append(f"logit_scale must be a number, got {self.logit_scale!r}")
         problems += self._validate_rope()
@@ -150,6 +166,12 @@ class CohereConfig:
         rt = p.get("rope_type")
         if rt not in ROPE_TYPES:
             return [f"unknown rope type {rt!r}; pycohere supports {', '.join(ROPE_TYPES)}"]
+        if p.get("partial_rotary_factor", 1.0) != 1.0 and rt != "default":
+            # Cohere's default RoPE always rotates the whole head (partial_rotary_factor is ignored
+            # there, as transformers does); the scaled types would rotate part of it, which
+            # transformers' Cohere attention cannot apply (its cos/sin no longer fit the head).
+            return [f"partial_rotary_factor {p['partial_rotary_factor']} with rope type {rt!r}: Cohere models rotate "
+                    "the whole head; remove partial_rotary_factor"]
         out = [f"rope type {rt!r} needs {k!r} in rope_scaling/rope_parameters"
                for k in _ROPE_REQUIRED[rt] if p.get(k) is None]
         theta = p.get("rope_theta")
@@ -160,7 +182,9 @@ class CohereConfig:
         if rt == "longrope" and not out:
             half = self.get_head_dim() // 2 if self.num_attention_heads > 0 else None
             for k in ("short_factor", "long_factor"):
-                if half is not None and len(p[k]) != half:
+                if not isinstance(p[k], list) or not all(isinstance(f, (int, float)) for f in p[k]):
+                    out.append(f"longrope {k} must be a list of numbers, got {p[k]!r}")
+                elif half is not None and len(p[k]) != half:
                     out.append(f"longrope {k} must have head_dim/2 = {half} entries, got {len(p[k])}")
         return out
 

@@ -18,9 +18,11 @@ import os
 
 import numpy as np
 
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
+
+if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins; numba may be imported already
+    numba.config.THREADING_LAYER = "workqueue"
 
 JIT_DISABLED = bool(numba.config.DISABLE_JIT)
 
@@ -208,7 +210,7 @@ def decode_attention(q, k, v, q_index, kv_start, kv_valid, window):
                         acc += q[b, t, h, d] * k[b, s, kh, d]
                     sc = acc * scale
                     scores[s] = sc
-                    if sc > m:
+                    if sc > m or sc != sc:  # NaN wins, as in the spec's max
                         m = sc
                     n_ok += 1
                 else:
@@ -231,6 +233,14 @@ def decode_attention(q, k, v, q_index, kv_start, kv_valid, window):
                     for d in range(Dh):
                         out[b, t, h, d] += p * v[b, s, kh, d]
     return out
+
+
+@njit(cache=True, inline="always")
+def _any_allowed(sc, n):
+    for j in range(n):
+        if sc[j] != -np.inf:
+            return True
+    return False
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -272,12 +282,12 @@ def flash_attention(q, k, v, q_index, kv_start, kv_valid, window, tile):
                             a += q[b, t0 + i, h, d] * k[b, s, kh, d]
                         a *= scale
                         sc[s - s0] = a
-                        if a > tile_max:
+                        if a > tile_max or a != a:  # NaN wins, as in the spec's max
                             tile_max = a
                     else:
                         sc[s - s0] = -np.inf
-                if tile_max == -np.inf:
-                    continue
+                if tile_max == -np.inf and not _any_allowed(sc, s1 - s0):
+                    continue  # nothing visible in this tile (a NaN score still counts: it must propagate)
                 any_ok[i] = True
                 new_m = max(m[i], tile_max)
                 corr = np.exp(m[i] - new_m) if m[i] != -np.inf else np.float32(0.0)
@@ -295,7 +305,7 @@ def flash_attention(q, k, v, q_index, kv_start, kv_valid, window, tile):
             if any_ok[i]:
                 for d in range(Dh):
                     out[b, t0 + i, h, d] = acc[i, d] / l[i]
-            else:  # fully masked row: the spec's uniform softmax -> mean of all visible-by-index V
+            else:  # fully masked row: the spec's uniform softmax over all S keys -> mean of V
                 for d in range(Dh):
                     total = np.float32(0.0)
                     for s in range(S):

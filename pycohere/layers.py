@@ -66,12 +66,13 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def attention_mask(q_index: np.ndarray, kv_index: np.ndarray, kv_valid: np.ndarray | None,
-                   window: int | None) -> np.ndarray:
+                   window: int | None, segments: np.ndarray | None = None) -> np.ndarray:
     """Boolean "may attend" mask (B, 1, T, S) from absolute cache indices.
 
     Causal: kv <= q. Padding: kv_valid[b, kv]. Sliding window (Cohere2 sliding layers):
     q - kv < window (transformers masking_utils ``sliding_window_overlay``). Indices are positions
-    in the cache, not position_ids (which start at 0 after left padding).
+    in the cache, not position_ids (which start at 0 after left padding). Packed sequences:
+    segments (B, S) sequence number per position (no cache), kv only within the query's sequence.
     q_index (T,), kv_index (S,), kv_valid (B, S) bool or None.
     """
     allowed = kv_index[None, :] <= q_index[:, None]                    # (T, S)
@@ -80,6 +81,9 @@ def attention_mask(q_index: np.ndarray, kv_index: np.ndarray, kv_valid: np.ndarr
     allowed = allowed[None, None]                                      # (1, 1, T, S)
     if kv_valid is not None:
         allowed = allowed & kv_valid[:, None, None, :]                 # (B, 1, T, S)
+    if segments is not None:
+        same = segments[:, q_index][:, :, None] == segments[:, kv_index][:, None, :]   # (B, T, S)
+        allowed = allowed & same[:, None]                              # (B, 1, T, S)
     return allowed
 
 
@@ -139,7 +143,7 @@ def mlp(h: np.ndarray, gate_w, up_w, down_w, act: str = "silu", rec=None, prefix
 
 
 def attention_block(h, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_rope: bool,
-                    rec=None, prefix: str = ""):
+                    rec=None, prefix: str = "", segments=None):
     """Self-attention of one layer on the normed input h (B, T, D) -> (B, T, D).
 
     p: this layer's parameters (dict); cfg: dict with H, K, Dh, eps.
@@ -172,11 +176,11 @@ def attention_block(h, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_
     kv_index = np.arange(start, start + k_all.shape[1])               # (S,)
     kv_valid = None if mask2d is None else mask2d[:, kv_index]        # (B, S)
     kernel = cfg.get("attention_kernel")
-    if kernel is not None and rec is None:
+    if kernel is not None and rec is None and segments is None:
         # fast twin (pycohere.kernels): the same mask rules, no (B, H, T, S) tensors
         o = kernel(q, k_all, v_all, q_index, start, kv_valid, window)
     else:
-        allowed = attention_mask(q_index, kv_index, kv_valid, window) # (B or 1, 1, T, S)
+        allowed = attention_mask(q_index, kv_index, kv_valid, window, segments)  # (B or 1, 1, T, S)
         o = attention(q, k_all, v_all, allowed, rec, prefix)          # (B, T, H, Dh)
     _rec(rec, prefix + "attn_context", o)
     out = linear(o.reshape(B, T, H * Dh), p["o_proj"], p.get("o_bias"))  # (B, T, D)
@@ -185,12 +189,12 @@ def attention_block(h, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_
 
 
 def decoder_layer(x, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_rope: bool,
-                  rec=None, prefix: str = ""):
+                  rec=None, prefix: str = "", segments=None):
     """COHERE: the *parallel* residual block: one LayerNorm feeds both attention and the MLP,
     x_next = x + attn(LN(x)) + mlp(LN(x)) (Llama: two norms, sequential residuals)."""
     h = layer_norm(x, p["input_layernorm"], cfg["eps"])
     _rec(rec, prefix + "input_layernorm", h)
-    a = attention_block(h, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_rope, rec, prefix)
+    a = attention_block(h, p, cfg, cos, sin, cache_kv, q_index, mask2d, window, use_rope, rec, prefix, segments)
     m = mlp(h, p["gate_proj"], p["up_proj"], p["down_proj"], cfg["act"], rec, prefix)
     out = x + a + m
     _rec(rec, prefix + "output", out)

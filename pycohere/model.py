@@ -23,7 +23,7 @@ from .errors import AttentionMaskError, CacheError, InputError, TokenIdError
 from .generation import GenerationMixin
 from .rope import compute_inv_freq, rope_cos_sin
 from .tensors import DenseWeight, widen
-from .weights import Checkpoint, check_manifest
+from .weights import Checkpoint, check_manifest, uses_qk_norm
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "fp32": np.float32, "fp64": np.float64}
 
@@ -49,6 +49,17 @@ class CausalLMOutput:
 
     def __getitem__(self, key):
         return getattr(self, key)
+
+
+def _as_array(value, what: str, error=InputError) -> np.ndarray:
+    """np.asarray with a named error for ragged or non-numeric input (instead of NumPy's ValueError)."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise error(f"{what} must be a rectangular array of numbers ({e}); pad rows to the same length") from None
+    if a.dtype == object or a.dtype.kind in "USV":
+        raise error(f"{what} must hold numbers, got {a.dtype}; pad rows to the same length")
+    return a
 
 
 def _resolve_dtype(dtype) -> np.dtype:
@@ -86,7 +97,7 @@ def load_params(ckpt: Checkpoint, config, dtype, backend: str, materialize: bool
             p[short] = matrix(pre + f"self_attn.{short}.weight")
             if config.attention_bias:
                 p[short[0] + "_bias"] = vector(pre + f"self_attn.{short}.bias")
-        if getattr(config, "use_qk_norm", False):
+        if uses_qk_norm(config):
             p["q_norm"] = vector(pre + "self_attn.q_norm.weight")
             p["k_norm"] = vector(pre + "self_attn.k_norm.weight")
         for short in ("gate_proj", "up_proj", "down_proj"):
@@ -94,7 +105,9 @@ def load_params(ckpt: Checkpoint, config, dtype, backend: str, materialize: bool
         layers.append(p)
     embed = matrix("model.embed_tokens.weight")
     # COHERE: the output head is the input embedding (tied) unless tie_word_embeddings is false.
-    head = embed if config.tie_word_embeddings else matrix("lm_head.weight")
+    # A file that carries lm_head.weight anyway is used as it is, as transformers 5 does (it does
+    # not tie two different saved tensors).
+    head = matrix("lm_head.weight") if "lm_head.weight" in ckpt else embed
     return {"embed_tokens": embed, "layers": layers, "norm": vector("model.norm.weight"), "lm_head": head}
 
 
@@ -151,8 +164,8 @@ class CohereModel(_Pretrained):
 
     # -- input checking ---------------------------------------------------------------------
     def _check_ids(self, input_ids) -> np.ndarray:
-        ids = np.asarray(input_ids)
-        if ids.dtype == object or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        ids = _as_array(input_ids, "input_ids")
+        if not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
             raise InputError(f"input_ids must be integers (got dtype {ids.dtype}); pass token ids, e.g. "
                              "from tokenizer.encode()")
         if ids.ndim == 1:
@@ -170,7 +183,7 @@ class CohereModel(_Pretrained):
     def _check_mask(self, attention_mask, B, total) -> np.ndarray | None:
         if attention_mask is None:
             return None
-        m = np.asarray(attention_mask)
+        m = _as_array(attention_mask, "attention_mask", AttentionMaskError)
         if m.ndim == 1:
             m = m[None]
         if m.shape != (B, total):
@@ -183,12 +196,12 @@ class CohereModel(_Pretrained):
     def _positions(self, position_ids, B, T, past) -> np.ndarray:
         if position_ids is None:
             return np.broadcast_to(np.arange(past, past + T, dtype=np.int64), (B, T))
-        pos = np.asarray(position_ids)
+        pos = _as_array(position_ids, "position_ids")
         if pos.ndim == 1:
             pos = pos[None]
         if not np.issubdtype(pos.dtype, np.integer) or pos.ndim != 2 or pos.shape[1] != T or pos.shape[0] not in (1, B):
-            raise InputError(f"position_ids must be integers of shape ({B}, {T}) or (1, {T}), got "
-                             f"{pos.shape} {pos.dtype}")
+            shapes = f"({B}, {T}) or (1, {T})" if B != 1 else f"(1, {T})"
+            raise InputError(f"position_ids must be integers of shape {shapes}, got {pos.shape} {pos.dtype}")
         if (pos < 0).any():
             raise InputError("position_ids must be non-negative")
         return np.broadcast_to(pos.astype(np.int64), (B, T))
@@ -204,7 +217,7 @@ class CohereModel(_Pretrained):
             ids = self._check_ids(input_ids)
             x = P["embed_tokens"].rows(ids, dt)                      # (B, T, D)
         else:
-            x = np.asarray(inputs_embeds, dtype=dt)
+            x = _as_array(inputs_embeds, "inputs_embeds").astype(dt)
             if x.ndim != 3 or x.shape[-1] != cfg.hidden_size:
                 raise InputError(f"inputs_embeds must be (batch, tokens, {cfg.hidden_size}), got {x.shape}")
         B, T, _ = x.shape
@@ -218,12 +231,23 @@ class CohereModel(_Pretrained):
             if not isinstance(cache, KVCache) or len(cache) != cfg.num_hidden_layers:
                 raise CacheError("past_key_values must be a pycohere KVCache made for this model "
                                  "(KVCache.for_model(model.config))")
+            if cache.windows != self._windows:
+                raise CacheError(f"past_key_values was made for layers with windows {cache.windows}, this model's "
+                                 f"are {self._windows}; use KVCache.for_model(model.config)")
             if cache.batch_size not in (None, B):
                 raise CacheError(f"past_key_values holds batch {cache.batch_size}, input has batch {B}")
+            cache.reserve(T)  # fail before any layer appends, never leave the cache half-updated
         past = cache.get_seq_length() if cache is not None else 0
 
         mask2d = self._check_mask(attention_mask, B, past + T)
         pos = self._positions(position_ids, B, T, past)
+        segments = None
+        if cache is None and attention_mask is None and position_ids is not None:
+            # transformers: position ids that restart mark sequences packed into one row; tokens attend
+            # only within their own sequence (masking_utils.find_packed_sequence_indices)
+            segments = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(np.diff(pos, axis=1) != 1, axis=1)], 1)
+            if not segments.any():
+                segments = None
         max_pos = int(pos.max()) + 1
         if max_pos > cfg.max_position_embeddings and not self._warned_long:
             self._warned_long = True
@@ -247,7 +271,7 @@ class CohereModel(_Pretrained):
                 cache_kv = lambda k, v: (k, v, 0)
             rec = self._layer_recorder(recorder, all_attn, prefix)
             x = L.decoder_layer(x, p, self._cfg, cos, sin, cache_kv, q_index, mask2d, self._windows[i],
-                                self.layer_uses_rope(i), rec, prefix)
+                                self.layer_uses_rope(i), rec, prefix, segments)
             if output_hidden_states:
                 all_hidden.append(x)
         h = L.layer_norm(x, P["norm"], cfg.layer_norm_eps)
@@ -292,10 +316,7 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache,
                          output_hidden_states, output_attentions, inputs_embeds, recorder)
         h = out.last_hidden_state                                     # (B, T, D)
-        if isinstance(logits_to_keep, (int, np.integer)):
-            h_kept = h[:, -int(logits_to_keep):] if logits_to_keep else h   # (B, T', D)
-        else:
-            h_kept = h[:, np.asarray(logits_to_keep)]
+        h_kept = keep_positions(h, logits_to_keep)                   # (B, T', D) or (N, D)
         logits = L.lm_head(h_kept, self.params["lm_head"], self.config.logit_scale)  # (B, T', V)
         if recorder is not None:
             recorder("logits", logits)
@@ -303,13 +324,35 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
         return CausalLMOutput(logits, loss, out.past_key_values, out.hidden_states, out.attentions)
 
 
+def keep_positions(h: np.ndarray, logits_to_keep) -> np.ndarray:
+    """transformers ``slice_logits_to_keep``: an int keeps the last n positions (0: all); a 1-D array
+    keeps those positions for every row; a 2-D int array (B, n) positions per row; a 2-D bool (B, T)
+    mask keeps the True positions, flattened to (N, D)."""
+    B, T, _ = h.shape
+    if isinstance(logits_to_keep, (int, np.integer)) and not isinstance(logits_to_keep, bool):
+        if not 0 <= logits_to_keep:
+            raise InputError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+        return h[:, -int(logits_to_keep):] if logits_to_keep else h
+    k = _as_array(logits_to_keep, "logits_to_keep")
+    if k.dtype == bool and k.shape == (B, T):
+        return h[k]
+    if not np.issubdtype(k.dtype, np.integer) or k.ndim not in (1, 2) or (k.ndim == 2 and k.shape[0] != B):
+        raise InputError(f"logits_to_keep must be an int, positions (n,) or ({B}, n), or a bool mask ({B}, {T}); "
+                         f"got {k.dtype} {k.shape}")
+    if k.size and (k.min() < -T or k.max() >= T):
+        raise InputError(f"logits_to_keep positions must lie in [-{T}, {T}), got {k.min()}..{k.max()}")
+    return h[:, k] if k.ndim == 1 else np.take_along_axis(h, k[..., None] % T, axis=1)
+
+
 def causal_lm_loss(logits: np.ndarray, labels, T: int) -> float:
     """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t+1]; label -100 is ignored
     (transformers ``ForCausalLMLoss``)."""
-    labels = np.asarray(labels)
+    labels = _as_array(labels, "labels")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels must be integer token ids (or -100 to ignore), got {labels.dtype}")
     if labels.ndim == 1:
         labels = labels[None]
-    if labels.shape != logits.shape[:2] or logits.shape[1] != T:
+    if logits.ndim != 3 or labels.shape != logits.shape[:2] or logits.shape[1] != T:
         raise InputError(f"labels must have shape {logits.shape[:2]} (batch, tokens) and logits must cover "
                          "every position (logits_to_keep=0) to compute the loss")
     shift_logits = logits[:, :-1].astype(np.float64)

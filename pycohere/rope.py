@@ -38,11 +38,12 @@ def compute_inv_freq(config, seq_len: int | None = None, dtype=np.float32) -> tu
     p = config.rope_parameters
     rope_type = p["rope_type"]
     base = float(p["rope_theta"])
-    dim = int(config.get_head_dim() * p.get("partial_rotary_factor", 1.0))
     M = config.max_position_embeddings
-
     if rope_type == "default":
-        return _base_inv_freq(base, dim, dt), 1.0
+        # Cohere's default RoPE rotates the whole head, partial_rotary_factor or not (transformers
+        # CohereRotaryEmbedding.compute_default_rope_parameters); config.py refuses it for the others.
+        return _base_inv_freq(base, config.get_head_dim(), dt), 1.0
+    dim = config.get_head_dim()
 
     if rope_type == "linear":
         return _base_inv_freq(base, dim, dt) / dt.type(p["factor"]), 1.0

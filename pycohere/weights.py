@@ -86,12 +86,18 @@ def open_safetensors(path: str | os.PathLike) -> tuple[dict[str, TensorRef], dic
     data_start = 8 + n
     data_len = size - data_start
     mm = np.memmap(path, dtype=np.uint8, mode="r") if data_len > 0 else np.zeros(0, np.uint8)
-    tensors = {}
+    tensors, spans = {}, []
     for name, info in header.items():
         try:
             dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CorruptCheckpointError(f"{path}: header entry for {name!r} lacks dtype/shape/data_offsets") from None
+        if (not isinstance(dtype_name, str) or not isinstance(shape, list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end))):
+            raise CorruptCheckpointError(f"{path}: header entry for {name!r} is malformed (dtype must be a string, "
+                                         "shape a list of non-negative integers, data_offsets two integers); "
+                                         "the file is corrupt; re-download or re-save it")
         if dtype_name not in SAFETENSORS_DTYPES:
             raise UnsupportedFormatError(f"{path}: tensor {name!r} has dtype {dtype_name!r}, which pycohere "
                                          f"cannot read (known: {', '.join(SAFETENSORS_DTYPES)})")
@@ -107,6 +113,11 @@ def open_safetensors(path: str | os.PathLike) -> tuple[dict[str, TensorRef], dic
         # 64-bit offsets throughout: Command R+'s embedding alone is > 2**31 elements.
         view = mm[data_start + begin: data_start + end].view(dt).reshape(shape)
         tensors[name] = TensorRef(name, dtype_name, shape, view, str(path))
+        spans.append((begin, end, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CorruptCheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the file; it is corrupt")
     return tensors, metadata
 
 
@@ -117,9 +128,11 @@ def find_weight_files(folder: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
             files = sorted(set(weight_map.values()))
+            if not all(isinstance(f, str) and f == Path(f).name and f not in ("", ".", "..") for f in files):
+                raise ValueError("shard names must be plain file names")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise CorruptCheckpointError(f"{index} is not a valid shard index (expected a JSON object with "
-                                         "a 'weight_map' of tensor name -> file)") from None
+                                         "a 'weight_map' of tensor name -> file name in the same folder)") from None
         missing = [f for f in files if not (folder / f).exists()]
         if missing:
             raise CheckpointNotFoundError(f"{index} lists shard(s) that are not in {folder}: {', '.join(missing)}; "
@@ -187,6 +200,12 @@ class Checkpoint:
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # stale buffers saved by old transformers versions
 
 
+def uses_qk_norm(config) -> bool:
+    """Only Cohere (v1) has q/k norms; a stray use_qk_norm in a cohere2 config.json is ignored, as
+    transformers' Cohere2 does."""
+    return config.model_type == "cohere" and bool(getattr(config, "use_qk_norm", False))
+
+
 def expected_tensors(config) -> dict[str, tuple[int, ...]]:
     """Every tensor name the config implies, with its shape (transformers' parameter names)."""
     D, F, V = config.hidden_size, config.intermediate_size, config.vocab_size
@@ -202,7 +221,7 @@ def expected_tensors(config) -> dict[str, tuple[int, ...]]:
         m[p + "self_attn.o_proj.weight"] = (D, H * Dh)
         if config.attention_bias:
             m[p + "self_attn.o_proj.bias"] = (D,)
-        if getattr(config, "use_qk_norm", False):
+        if uses_qk_norm(config):
             m[p + "self_attn.q_norm.weight"] = (H, Dh)
             m[p + "self_attn.k_norm.weight"] = (K, Dh)
         m[p + "mlp.gate_proj.weight"] = (F, D)

@@ -82,3 +82,26 @@ def test_file_errors(tmp_path):
         AutoConfig.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="use pycohere.AutoConfig"):
         CohereConfig.from_dict({"model_type": "cohere2"})
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(head_dim="x"), "head_dim must be a positive integer"),
+    (dict(eos_token_id="x"), "eos_token_id"),
+    (dict(rope_scaling=[1, 2]), "JSON object"),
+    (dict(rope_parameters="x"), "JSON object"),
+    (dict(tie_word_embeddings="false"), "true or false"),
+    (dict(rope_scaling={"rope_type": "longrope", "short_factor": "a", "long_factor": [1.0]}), "list of numbers"),
+    (dict(partial_rotary_factor=0.5, rope_scaling={"rope_type": "linear", "factor": 2.0}), "rotate the whole head"),
+    (dict(rope_parameters={"sliding_attention": {"rope_type": "default"}}), "nested per layer type"),
+])
+def test_malformed_values_are_config_errors(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        CohereConfig(**kw)
+
+
+def test_partial_rotary_factor_is_ignored_by_cohere_default_rope():
+    # transformers' CohereRotaryEmbedding.compute_default_rope_parameters always uses the whole head
+    from pycohere.rope import compute_inv_freq
+    c = CohereConfig(partial_rotary_factor=0.5, hidden_size=64, num_attention_heads=4)
+    assert c.rope_parameters["partial_rotary_factor"] == 0.5
+    assert compute_inv_freq(c)[0].shape == (8,)

@@ -90,3 +90,25 @@ def test_kernels_also_pass_as_plain_python():
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "failed" not in r.stdout
+
+
+def test_nan_scores_propagate_like_the_spec():
+    """fastmath keeps NaN semantics here (no "nnan" flag): a NaN key poisons exactly the rows it poisons
+    in the spec, instead of being treated as masked."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 6, 2, 4)).astype(np.float32)
+    k = rng.standard_normal((1, 6, 1, 4)).astype(np.float32)
+    v = rng.standard_normal((1, 6, 1, 4)).astype(np.float32)
+    k[0, 0] = np.nan
+    idx = np.arange(6)
+    ref = L.attention(q, k, v, L.attention_mask(idx, idx, None, None))
+    args = (q, k, v, idx, np.int64(0), np.ones((1, 6), bool), np.int64(0))
+    for got in (K.decode_attention(*args), K.flash_attention(*args, np.int64(4))):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        assert np.isnan(ref).all()  # key 0 is visible to every query
+
+
+def test_threading_layer_is_workqueue_unless_the_user_chose():
+    import numba
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        assert numba.config.THREADING_LAYER == "workqueue"

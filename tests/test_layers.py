@@ -116,27 +116,28 @@ from helpers import write_checkpoint  # noqa: E402
 import pycohere  # noqa: E402
 
 
-def _model(tmp_path_factory, model_type, **kw):
+def _model(tmp_path_factory, model_type, backend, **kw):
     folder = tmp_path_factory.mktemp(model_type)
-    return pycohere.AutoModelForCausalLM.from_pretrained(write_checkpoint(folder, model_type, **kw))
+    return pycohere.AutoModelForCausalLM.from_pretrained(write_checkpoint(folder, model_type, **kw), backend=backend)
 
 
 _MODELS = {}
 
 
-def _get(tmp_path_factory, key):
-    if key not in _MODELS:
+def _get(tmp_path_factory, key, backend="numpy"):
+    if (key, backend) not in _MODELS:
         if key == "cohere":
-            _MODELS[key] = _model(tmp_path_factory, "cohere", use_qk_norm=True)
+            _MODELS[key, backend] = _model(tmp_path_factory, "cohere", backend, use_qk_norm=True)
         else:
-            _MODELS[key] = _model(tmp_path_factory, "cohere2", num_hidden_layers=4, sliding_window=3)
-    return _MODELS[key]
+            _MODELS[key, backend] = _model(tmp_path_factory, "cohere2", backend, num_hidden_layers=4, sliding_window=3)
+    return _MODELS[key, backend]
 
 
 @settings(max_examples=25, deadline=None)
-@given(kind=st.sampled_from(["cohere", "cohere2"]), T=st.integers(2, 14), data=st.data())
-def test_chunked_prefill_and_cache_steps_equal_full_forward(tmp_path_factory, kind, T, data):
-    model = _get(tmp_path_factory, kind)
+@given(kind=st.sampled_from(["cohere", "cohere2"]), backend=st.sampled_from(["numpy", "numba"]),
+       T=st.integers(2, 14), data=st.data())
+def test_chunked_prefill_and_cache_steps_equal_full_forward(tmp_path_factory, kind, backend, T, data):
+    model = _get(tmp_path_factory, kind, backend)
     rng = _rng(data.draw(st.integers(0, 10**6)))
     ids = rng.integers(0, model.config.vocab_size, size=(2, T))
     full = model(ids).logits

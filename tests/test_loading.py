@@ -91,15 +91,59 @@ def test_manifest_reports_every_problem_at_once(tmp_path):
     assert "inv_freq" not in msg and "use_qk_norm" in msg
 
 
-def test_untied_head_required_and_tied_extra_head_ignored(tmp_path):
+def test_untied_head_required_and_an_extra_saved_head_is_used(tmp_path):
     config = pycohere.AutoConfig.from_dict(dict(__import__("helpers").TINY, model_type="cohere"))
     t = random_tensors(config)
     with pytest.raises(WeightMismatchError, match="missing: lm_head.weight"):
         pycohere.AutoModelForCausalLM.from_pretrained(
             write_checkpoint(tmp_path / "u", tensors=t, tie_word_embeddings=False))
-    t["lm_head.weight"] = np.zeros_like(t["model.embed_tokens.weight"])
     tied = pycohere.AutoModelForCausalLM.from_pretrained(write_checkpoint(tmp_path / "t", tensors=t))
     assert tied.params["lm_head"] is tied.params["embed_tokens"]
+    # transformers 5 does not tie two different saved tensors: a saved lm_head.weight is the head
+    t["lm_head.weight"] = 0.5 * t["model.embed_tokens.weight"]
+    extra = pycohere.AutoModelForCausalLM.from_pretrained(write_checkpoint(tmp_path / "x", tensors=t), backend="numpy")
+    ids = [[5, 9, 11]]
+    np.testing.assert_allclose(extra(ids).logits, 0.5 * tied(ids).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_cohere2_ignores_a_stray_use_qk_norm(tmp_path):
+    folder = write_checkpoint(tmp_path / "c2", "cohere2", sliding_window=4)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["use_qk_norm"] = True  # transformers' Cohere2 has no q/k norm and ignores the key
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert pycohere.AutoModelForCausalLM.from_pretrained(folder)([[5, 6]]).logits.shape == (1, 2, 61)
+
+
+def test_malformed_headers_and_shard_indexes(tmp_path):
+    folder = write_checkpoint(tmp_path / "m")
+    f = folder / "model.safetensors"
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    names = [k for k in header if k != "__metadata__"]
+
+    def rewrite(h):
+        b = json.dumps(h).encode()
+        f.write_bytes(len(b).to_bytes(8, "little") + b + raw[8 + n:])
+
+    for bad in ({"shape": 5}, {"shape": ["2", 2]}, {"data_offsets": ["0", "4"]}, {"dtype": ["F32"]}):
+        h = json.loads(json.dumps(header))
+        h[names[0]].update(bad)
+        rewrite(h)
+        with pytest.raises(CorruptCheckpointError, match="malformed"):
+            Checkpoint(folder)
+    h = json.loads(json.dumps(header))
+    first, last = sorted(names, key=lambda k: h[k]["data_offsets"][0])[::len(names) - 1]
+    size = h[last]["data_offsets"][1] - h[last]["data_offsets"][0]
+    h[last]["data_offsets"] = [0, size]  # the last tensor now reuses the first tensor's bytes
+    rewrite(h)
+    with pytest.raises(CorruptCheckpointError, match="overlap"):
+        Checkpoint(folder)
+    f.write_bytes(raw)
+    f.rename(folder / "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {names[0]: "../escape.safetensors"}}))
+    with pytest.raises(CorruptCheckpointError, match="file name in the same folder"):
+        Checkpoint(folder)
 
 
 def test_pickles_are_refused(tmp_path):
@@ -206,3 +250,44 @@ def test_logits_to_keep_and_loss(ckpt):
     logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
     terms = [-logp[t, ids[0, t + 1]] for t in range(5) if t + 1 != 2]
     assert abs(model(ids, labels=labels).loss - np.mean(terms)) < 1e-9
+
+
+def test_cache_for_another_model_and_static_overflow_leave_nothing_half_done(tmp_path):
+    c1 = pycohere.AutoModelForCausalLM.from_pretrained(write_checkpoint(tmp_path / "a", num_hidden_layers=4))
+    c2 = pycohere.AutoModelForCausalLM.from_pretrained(
+        write_checkpoint(tmp_path / "b", "cohere2", num_hidden_layers=4, sliding_window=3))
+    with pytest.raises(CacheError, match="windows"):
+        c1([[5, 6]], past_key_values=pycohere.KVCache.for_model(c2.config), use_cache=True)
+    static = pycohere.KVCache.for_model(c2.config, max_cache_len=5, static=True)
+    c2([[5, 6, 7]], past_key_values=static, use_cache=True)
+    with pytest.raises(CacheError, match="static cache is full"):
+        c2([[8, 9, 10]], past_key_values=static, use_cache=True)
+    assert [l.seen for l in static.layers] == [3, 3, 3, 3]  # no layer appended before the refusal
+    c2([[8, 9]], past_key_values=static, use_cache=True)   # and it still works up to its size
+
+
+def test_logits_to_keep_forms_as_transformers(ckpt):
+    model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt, backend="numpy")
+    ids = np.array([[5, 9, 13, 21], [5, 7, 8, 30]])
+    full = model(ids).logits
+    per_row = model(ids, logits_to_keep=np.array([[0, 3], [1, 2]])).logits
+    np.testing.assert_allclose(per_row, np.stack([full[0, [0, 3]], full[1, [1, 2]]]), rtol=1e-6, atol=1e-6)
+    mask = np.array([[True, False, False, True], [False, False, True, False]])
+    np.testing.assert_allclose(model(ids, logits_to_keep=mask).logits, full[mask], rtol=1e-6, atol=1e-6)
+    for bad in (np.array([0.5]), np.array([[0, 9], [1, 2]]), -1):
+        with pytest.raises(InputError, match="logits_to_keep"):
+            model(ids, logits_to_keep=bad)
+
+
+def test_ragged_and_non_numeric_inputs_are_named_errors(ckpt):
+    model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt)
+    with pytest.raises(InputError, match="rectangular"):
+        model([[5, 6, 7], [5, 6]])
+    with pytest.raises(AttentionMaskError, match="rectangular"):
+        model([[5, 6, 7]], attention_mask=[[1, 1, 1], [1]])
+    with pytest.raises(InputError, match="labels must be integer"):
+        model([[5, 6, 7]], labels=[[0.5, 1.0, 2.0]])
+    with pytest.raises(InputError, match="numbers"):
+        model([["a", "b"]])
+    with pytest.raises(InputError, match=r"shape \(1, 3\), got"):
+        model([[5, 6, 7]], position_ids=[[0, 1]])

@@ -98,11 +98,12 @@ def test_hidden_states_attentions_and_loss(name, saved, tmp_path):
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("name", ["gqa", "cohere2_default", "cohere2_layer_types"])
-def test_cache_steps_match_transformers_cache_steps(name, saved):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_cache_steps_match_transformers_cache_steps(name, backend, saved):
     """Prefill 7 tokens then decode one by one with both caches; Cohere2 windows are shorter than T."""
     folder, hf = saved(name)
     ids, _ = oracle.case_inputs(name)
-    model = pycohere.AutoModelForCausalLM.from_pretrained(folder)
+    model = pycohere.AutoModelForCausalLM.from_pretrained(folder, backend=backend)
     cache = pycohere.KVCache.for_model(model.config)
     hf_cache = transformers.DynamicCache(config=hf.config)
     with torch.no_grad():
@@ -114,3 +115,31 @@ def test_cache_steps_match_transformers_cache_steps(name, saved):
             r = hf(input_ids=torch.tensor(ids[:, t:t + 1]), cache=hf_cache, use_cache=True)
         o = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
         assert np.abs(o.logits - r.logits.numpy()).max() < 1e-4, f"step {t}"
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_packed_sequences_follow_transformers(backend, saved):
+    """Restarting position ids without a cache or mask = packed sequences (masking_utils)."""
+    folder, hf = saved("gqa")
+    ids, _ = oracle.case_inputs("gqa")
+    pos = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2]])
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), position_ids=torch.tensor(pos), use_cache=False).logits.numpy()
+    model = pycohere.AutoModelForCausalLM.from_pretrained(folder, backend=backend)
+    out = model(ids, position_ids=pos).logits
+    assert np.abs(out - ref).max() < 1e-4
+    # and it differs from one causal sequence with those positions, so the test has teeth
+    assert np.abs(model(ids[:, :12], position_ids=pos, use_cache=True).logits - ref).max() > 1e-2
+
+
+@pytest.mark.oracle
+def test_partial_rotary_factor_with_default_rope_follows_transformers(tmp_path):
+    model_hf = oracle.build_model("cohere", dict(num_key_value_heads=2))
+    model_hf.config.rope_parameters["partial_rotary_factor"] = 0.5  # ignored by Cohere's default RoPE
+    model_hf.save_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids, _ = oracle.case_inputs("gqa")
+    ref = oracle.hf_forward(hf, ids).logits.numpy()
+    out = pycohere.AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits
+    assert np.abs(out - ref).max() < 1e-4
