@@ -422,3 +422,17 @@ def test_module_entry_point_exit_codes_in_a_real_process(qk_bundle, tmp_path):
     assert ok.returncode == 0 and "PASS" in ok.stdout
     assert diverged.returncode == 1 and "first divergence: norm (final LayerNorm)" in diverged.stdout
     assert "layers.0.q " not in diverged.stdout  # --failures-only hides passing rows
+
+
+def test_demo_model_bundle_from_text_prompts(tmp_path, capsys):
+    """On the bundled demo model: --prompts uses its tokenizer; make is deterministic; check passes."""
+    import pycohere
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("In the beginning\nAnd the LORD said unto Moses\n")
+    for out in ("a", "b"):
+        assert golden.main(["make", pycohere.DEMO_MODEL, "--prompts", str(prompts), "-o", str(tmp_path / out),
+                            "--generate", "3"]) == 0
+    for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert golden.main(["check", str(tmp_path / "a"), "--model", pycohere.DEMO_MODEL, "--dtype", "float32"]) == 0
+    assert "PASS" in capsys.readouterr().out
