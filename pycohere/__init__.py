@@ -11,6 +11,8 @@ from .pipeline import TextGenerationPipeline, pipeline
 from .tokenizer import CohereTokenizer, IncrementalDetokenizer
 from .chat import apply_chat_template, parse_grounded_answer, parse_tool_calls
 from .trace import Recorder
+from .quant.config import QuantizationConfig
+from .quant.convert import quantize_checkpoint
 from . import errors
 
 __version__ = "0.1.0"
@@ -24,5 +26,5 @@ __all__ = [
     "CohereModel", "KVCache", "Recorder", "errors", "__version__", "DEMO_MODEL",
     "CohereTokenizer", "IncrementalDetokenizer", "apply_chat_template", "parse_grounded_answer", "parse_tool_calls",
     "BaseStreamer", "GenerateDecoderOnlyOutput", "GenerationConfig", "GenerationMixin", "TextGenerationPipeline",
-    "TextIteratorStreamer", "TextStreamer", "pipeline",
+    "TextIteratorStreamer", "TextStreamer", "pipeline", "QuantizationConfig", "quantize_checkpoint",
 ]

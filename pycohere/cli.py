@@ -5,6 +5,7 @@ Errors print as one readable line and exit with code 2; ``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .errors import InputError, PycohereError
@@ -23,9 +24,11 @@ def cmd_inspect(args) -> int:
     from .config import AutoConfig
     from .weights import Checkpoint, check_manifest
 
+    from .quant.storage import WeightSource
     config = AutoConfig.from_pretrained(args.model)
     ckpt = Checkpoint(args.model)
-    check_manifest(config, {n: t.shape for n, t in ckpt.tensors.items()}, where=str(args.model))
+    source = WeightSource(ckpt, config)  # logical tensor names, quantized or not
+    check_manifest(config, source.shapes, where=str(args.model), problems=source.problems)
     c = config
     print(f"{args.model}: model_type {c.model_type}")
     print(f"  layers {c.num_hidden_layers}, hidden {c.hidden_size}, heads {c.num_attention_heads} "
@@ -52,7 +55,7 @@ def cmd_inspect(args) -> int:
         print(f"  {name:<{w}}  {str(list(shape)):<16} {dtype:<5} {_human(nbytes):>10}")
     if hidden:
         print(f"  ... {hidden} more tensors of layers 1-{c.num_hidden_layers - 1} (--all shows them)")
-    n_params = sum(t.array.size for n, t in ckpt.tensors.items() if not n.endswith("inv_freq"))
+    n_params = sum(math.prod(shape) for n, shape in source.shapes.items() if not n.endswith("inv_freq"))
     kv_per_token = 2 * c.num_key_value_heads * c.get_head_dim() * 4  # float32 K and V
     kv_layers = c.num_hidden_layers
     print(f"\n  parameters {n_params:,} in {len(ckpt.files)} file(s), {_human(ckpt.nbytes)} on disk")
@@ -233,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import explain, golden  # local import keeps `pycohere inspect` start-up light
     golden.register(sub)
     explain.register(sub)
+    from .quant import convert as quant_convert
+    quant_convert.register(sub)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the tokens",
                          description="Continue PROMPT (or standard input when piped) and stream the tokens; "

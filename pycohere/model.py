@@ -22,7 +22,7 @@ from .config import AutoConfig, Cohere2Config, CohereConfig
 from .errors import AttentionMaskError, CacheError, InputError, TokenIdError
 from .generation import GenerationMixin
 from .rope import compute_inv_freq, rope_cos_sin
-from .tensors import DenseWeight, widen
+from .tensors import widen
 from .weights import Checkpoint, check_manifest, uses_qk_norm
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "fp32": np.float32, "fp64": np.float64}
@@ -73,17 +73,22 @@ def _resolve_dtype(dtype) -> np.dtype:
     return dt
 
 
-def load_params(ckpt: Checkpoint, config, dtype, backend: str, materialize: bool = False) -> dict:
+def load_params(ckpt: Checkpoint, config, dtype, backend: str, materialize: bool = False,
+                quantization=None) -> dict:
     """Checkpoint tensors -> the parameter tree the layer functions take.
 
-    Matrices become ``Weight`` objects over the mmap'd views (widened per use unless ``materialize``);
-    the small vectors (norms, biases) are widened to the compute dtype now.
+    Matrices become ``Weight`` objects over the mmap'd views (widened per use unless ``materialize``;
+    ``QuantizedWeight`` over the packed views of a pycohere quantized checkpoint); the small vectors
+    (norms, biases) are widened to the compute dtype now. ``quantization`` (a QuantizationConfig)
+    quantizes the float matrices one by one while loading (quantize-on-load).
     """
-    check_manifest(config, {n: t.shape for n, t in ckpt.tensors.items()}, where=str(ckpt.path))
+    from .quant.storage import WeightSource  # (local: pycohere.quant imports pycohere.tensors)
+    source = WeightSource(ckpt, config, quantization)
+    check_manifest(config, source.shapes, where=str(ckpt.path), problems=source.problems)
+    source.check_quantization_plan()  # every group size fits, before quantizing anything
 
     def matrix(name):
-        t = ckpt[name]
-        return DenseWeight(t.array, t.dtype, compute_dtype=dtype, materialize=materialize, backend=backend)
+        return source.matrix(name, dtype, backend, materialize)
 
     def vector(name):
         t = ckpt[name]
@@ -107,7 +112,7 @@ def load_params(ckpt: Checkpoint, config, dtype, backend: str, materialize: bool
     # COHERE: the output head is the input embedding (tied) unless tie_word_embeddings is false.
     # A file that carries lm_head.weight anyway is used as it is, as transformers 5 does (it does
     # not tie two different saved tensors).
-    head = matrix("lm_head.weight") if "lm_head.weight" in ckpt else embed
+    head = matrix("lm_head.weight") if "lm_head.weight" in source.shapes else embed  # (logical names)
     return {"embed_tokens": embed, "layers": layers, "norm": vector("model.norm.weight"), "lm_head": head}
 
 
@@ -117,7 +122,9 @@ class _Pretrained:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="float32", backend: str = "auto",
                         materialize: bool = False, config=None, revision: str | None = None,
-                        cache_dir=None, local_files_only: bool | None = None, token=None, **kwargs):
+                        cache_dir=None, local_files_only: bool | None = None, token=None,
+                        quantization_config=None, load_in_8bit: bool = False, load_in_4bit: bool = False,
+                        **kwargs):
         """Load a checkpoint folder (config.json + safetensors, single or sharded) or a hub repo id
         (fetched into the standard hub cache; ``HF_HUB_OFFLINE=1`` uses the cache only).
 
@@ -125,6 +132,10 @@ class _Pretrained:
         backend: "numpy" (the spec), "numba" or "auto".
         materialize: widen every weight once into RAM (faster numpy path, 2-4x the file in RAM);
             by default weights stay memory-mapped and are widened per use.
+        quantization_config: a ``pycohere.QuantizationConfig`` (or its dict) to quantize the float
+            weights tensor by tensor while loading; ``load_in_8bit=True`` is int8 and
+            ``load_in_4bit=True`` nf4 (as transformers' BitsAndBytesConfig shorthands). A checkpoint
+            written by ``pycohere quantize`` loads quantized without any of these.
         """
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
@@ -133,11 +144,13 @@ class _Pretrained:
         if not isinstance(config, cls.config_class):
             raise InputError(f"{cls.__name__} reads model_type {cls.config_class.model_type!r}, but "
                              f"{path} is {config.model_type!r}; use AutoModelForCausalLM")
+        from .quant.config import resolve_quantization
+        quantization = resolve_quantization(quantization_config, load_in_8bit, load_in_4bit)
         ckpt = Checkpoint(path)
         dt = _resolve_dtype(dtype)
         backend = resolve_backend(backend)
-        return cls(config, load_params(ckpt, config, dt, backend, materialize), dtype=dt, backend=backend,
-                   checkpoint=ckpt)
+        return cls(config, load_params(ckpt, config, dt, backend, materialize, quantization), dtype=dt,
+                   backend=backend, checkpoint=ckpt)
 
 
 class CohereModel(_Pretrained):

@@ -232,17 +232,23 @@ def expected_tensors(config) -> dict[str, tuple[int, ...]]:
     return m
 
 
-def check_manifest(config, shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") -> None:
-    """Compare the file's tensors with the manifest; report every problem in one error."""
+def check_manifest(config, shapes: dict[str, tuple[int, ...]], where: str = "checkpoint",
+                   problems: list[str] | tuple = ()) -> None:
+    """Compare the file's tensors with the manifest; report every problem in one error.
+
+    ``shapes`` are in transformers' (logical) names; a quantized checkpoint gives each quantized
+    weight's logical shape and lists its missing/misshaped packed arrays in ``problems``
+    (``pycohere.quant.storage.WeightSource``), reported in the same error."""
     want = expected_tensors(config)
     ignorable = lambda n: n.endswith(IGNORED_SUFFIXES) or (n == "lm_head.weight" and config.tie_word_embeddings)
     missing = sorted(set(want) - set(shapes))
     unexpected = sorted(n for n in set(shapes) - set(want) if not ignorable(n))
     misshaped = sorted(f"{n}: file {list(shapes[n])}, config wants {list(want[n])}"
                        for n in set(want) & set(shapes) if tuple(shapes[n]) != tuple(want[n]))
-    if missing or unexpected or misshaped:
+    if missing or unexpected or misshaped or problems:
         parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped),
+                             ("incomplete quantized", sorted(problems))):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"{len(items)} {label}: {shown}")

@@ -5,6 +5,10 @@
     >>> q.arrays, q.metadata                          # plain arrays + JSON-able dict
     >>> W = QuantizedWeight(q.arrays, q.metadata)     # what layers use: W.matmul(x)
 
+Quantized checkpoints (``storage``), ``pycohere quantize`` / :func:`pycohere.quantize_checkpoint`
+(``convert``), quantize-on-load (``QuantizationConfig``) and the Numba kernels (``kernels``)
+build on these.
+
 Schemes: int8 (per channel or per group), int4, int4-asym, nf4 (bitsandbytes), and llama.cpp's
 q8_0, q4_0, q4_1 (byte-for-byte GGUF blocks) plus dequantize-only q4_k and q6_k.
 """
@@ -13,8 +17,9 @@ from __future__ import annotations
 from .schemes import (FORMAT_VERSION, NF4_TABLE, SCHEMES, QuantizedTensor, QuantScheme,
                       array_shapes, dequantize, get_scheme, quantize)
 from .weight import QuantizedWeight
+from .config import QuantizationConfig
 
 __all__ = [
     "FORMAT_VERSION", "NF4_TABLE", "SCHEMES", "QuantScheme", "QuantizedTensor", "QuantizedWeight",
-    "array_shapes", "dequantize", "get_scheme", "quantize",
+    "array_shapes", "dequantize", "get_scheme", "quantize", "QuantizationConfig",
 ]

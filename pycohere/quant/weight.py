@@ -1,9 +1,11 @@
 """QuantizedWeight: a packed quantized matrix behind the ``pycohere.tensors.Weight`` interface.
 
 Layers see the same three operations as for a dense weight: ``matmul`` (``x @ W.T``),
-``dequantize`` and ``rows`` (an embedding lookup). This class is the readable spec: ``matmul``
-is ``x @ dequantize().T`` (inherited); Numba kernels subclass or replace it later and are tested
-against it. The packed arrays are held as given (memory-mapped safetensors views stay views).
+``dequantize`` and ``rows`` (an embedding lookup). With the numpy backend this class is the
+readable spec: ``matmul`` is ``x @ dequantize().T``, computed over row chunks so that a 256000-row
+head never needs its whole float matrix at once. With ``backend="numba"`` and float32 inputs the
+kernels of ``pycohere.quant.kernels`` (tested against this spec) run instead. The packed arrays
+are held as given (memory-mapped safetensors views stay views).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..tensors import Weight
+from ..tensors import CHUNK_ELEMENTS, Weight
 from .schemes import QuantizedTensor
 
 
@@ -54,7 +56,27 @@ class QuantizedWeight(Weight):
     def rows(self, ids, dtype=None) -> np.ndarray:
         # Only the asked-for rows are gathered and dequantized (an embedding lookup on a
         # 256000-row table touches a few rows, never the whole matrix).
-        return self.tensor.rows(ids, self.compute_dtype if dtype is None else np.dtype(dtype))
+        dtype = self.compute_dtype if dtype is None else np.dtype(dtype)
+        if self.backend == "numba" and dtype == np.float32 and np.asarray(ids).dtype.kind in "iu":
+            from .kernels import quantized_rows
+            return quantized_rows(self.tensor, ids)
+        return self.tensor.rows(ids, dtype)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (..., in) -> x @ dequantize().T (..., out) in x's dtype."""
+        if self.backend == "numba" and x.dtype == np.float32:
+            from .kernels import quantized_matmul
+            return quantized_matmul(x, self.tensor)
+        # The spec, by row chunks: each output column is still one full dot product.
+        out_dim, in_dim = self.shape
+        step = max(1, CHUNK_ELEMENTS // max(1, in_dim))
+        if step >= out_dim:
+            return x @ self.dequantize(x.dtype).T
+        out = np.empty(x.shape[:-1] + (out_dim,), dtype=x.dtype)
+        for r in range(0, out_dim, step):
+            w = self.tensor._dequantize_rows(slice(r, r + step)).astype(x.dtype, copy=False)
+            out[..., r:r + step] = x @ w.T
+        return out
 
     def __repr__(self) -> str:
         return (f"QuantizedWeight(shape={self.shape}, storage={self.storage}, "

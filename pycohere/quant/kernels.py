@@ -1,0 +1,387 @@
+"""Numba kernels for quantized weights: the fast twins of ``QuantizedWeight``'s NumPy spec.
+
+Two kernels per scheme, both tested against the spec in tests/test_quant_kernels.py:
+
+* ``gemv_<scheme>``: decode (up to ``GEMV_MAX_ROWS`` input rows). Parallel over output rows; each
+  packed row is read from memory once and unpacked in registers. Per group the kernel forms the
+  *unscaled* dot product of the codes with x, then multiplies by the group's scale, which is
+  ``x @ dequantize().T`` reassociated: ``sum_g s_g * sum_j x_j * code_j``. The inner loops are
+  plain loops over the group's bytes so LLVM vectorises them (fastmath ``reassoc``); codes go
+  through ``int32`` before ``float32`` because a vectorised int64 -> float conversion does not
+  exist on AVX2 (measured 2-3x slower).
+* ``dequant_<scheme>``: rows of packed data -> float32 rows, bit-identical to the spec's
+  ``dequantize_blocks`` (no fastmath: no FMA contraction, so ``n * s + m`` rounds twice as
+  NumPy does). Used for prefill tiles handed to BLAS and for embedding lookups.
+
+Asymmetric schemes (``int4-asym``, ``q4_1``: ``w = n * s + m``) use ``sum_j x_j w_j =
+s * sum_j x_j n_j + m * sum_j x_j`` with the group sums of x computed once per call.
+Schemes without a kernel here (the dequantize-only ``q4_k`` / ``q6_k``) run through the same
+tile path with the NumPy dequantizer.
+
+Layouts (see ``pycohere.quant.schemes``): every array is ``[out, (in / group) * width]``; int4 and
+int4-asym keep element ``2j`` in the low nibble of byte ``j``, nf4 in the high nibble, so the
+wrappers split x into its even and odd elements once per call and the inner loops stay
+contiguous. llama.cpp blocks (ggml-common.h) are read in place: f16 scales are decoded through
+``pycohere.kernels.F16_TABLE`` (Numba has no float16 arithmetic on CPU).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import F16_TABLE, FAST, GEMV_MAX_ROWS  # also selects Numba's threading layer
+from ..kernels import njit, prange
+from .schemes import NF4_TABLE, QuantizedTensor
+
+TILE_ELEMENTS = 1 << 22  # prefill: dequantize 16 MiB float32 tiles and hand them to BLAS
+
+
+# --- decode GEMV -----------------------------------------------------------------------------------
+# Rows are handed to the threads in chunks of CHUNK so that the per-thread scratch ("lanes") is
+# allocated once per chunk, not once per row (256000 allocations would cost ~10 ms per token).
+CHUNK = 64
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_int8(x, q, scales):
+    """x (R, in) f32, q (out, in) i8, scales (out, in/G) f32 -> (R, out). Per group an unscaled
+    dot product (LLVM keeps vector accumulators), then one multiply by the scale. Per-channel
+    int8 is the case of one group per row: one long dot product."""
+    R, n = x.shape
+    ng = scales.shape[1]
+    G = n // ng
+    y = np.empty((R, q.shape[0]), dtype=np.float32)
+    for o in prange(q.shape[0]):
+        for r in range(R):
+            acc = np.float32(0.0)
+            for g in range(ng):
+                b = g * G
+                t = np.float32(0.0)
+                for j in range(G):  # (not range(b, b + G): that form defeats LLVM's vectoriser)
+                    t += x[r, b + j] * np.float32(np.int32(q[o, b + j]))
+                acc += t * scales[o, g]
+            y[r, o] = acc
+    return y
+
+
+# The 4-bit kernels accumulate ``scale * x * code`` into per-position "lanes" (a scratch row of one
+# group's width, reduced once per output row) instead of reducing every 16-64-byte group to a
+# scalar: group loops are too short for LLVM's vectoriser to amortise a horizontal sum. Codes are
+# taken unsigned (0..15) and the symmetric schemes' offset of 8 is applied once per group through
+# the group sums of x: sum_j x_j (n_j - 8) s = s (sum_j x_j n_j - 8 sum_j x_j). The input row loop
+# is outermost (the packed row is re-read from L1, not memory) so that the correction stays a
+# scalar: variants keeping (R,)-shaped accumulators measured 1.3-2.5x slower.
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_int4(xe, xo, xsum, q, scales, mins, symmetric):
+    """int4 / int4-asym. xe/xo (R, in/2): even/odd elements of x; xsum (R, in/G): group sums of x;
+    q (out, in/2) u8 with element 2j in the low nibble of byte j. symmetric: w = (n - 8) s
+    (``mins`` unused); else w = n s + m."""
+    R, h = xe.shape
+    ng = scales.shape[1]
+    H = h // ng  # bytes per group
+    O = q.shape[0]
+    y = np.empty((R, O), dtype=np.float32)
+    for c in prange((O + CHUNK - 1) // CHUNK):
+        lanes = np.empty(H, dtype=np.float32)
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            for r in range(R):
+                lanes[:] = 0.0
+                corr = np.float32(0.0)
+                for g in range(ng):
+                    b = g * H
+                    s = scales[o, g]
+                    corr += (np.float32(-8.0) * s if symmetric else mins[o, g]) * xsum[r, g]
+                    for j in range(H):
+                        v = np.int32(q[o, b + j])
+                        lanes[j] += s * (xe[r, b + j] * np.float32(np.int32(v & np.int32(15)))
+                                         + xo[r, b + j] * np.float32(np.int32(v >> np.int32(4))))
+                t = corr
+                for j in range(H):
+                    t += lanes[j]
+                y[r, o] = t
+    return y
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_nf4(xe, xo, q, scales, table):
+    """bitsandbytes order: element 2j is the HIGH nibble of byte j; w = table[n] * absmax.
+    (The table lookups become vector gathers: slower than the integer schemes.)"""
+    R, h = xe.shape
+    ng = scales.shape[1]
+    H = h // ng
+    O = q.shape[0]
+    y = np.empty((R, O), dtype=np.float32)
+    for c in prange((O + CHUNK - 1) // CHUNK):
+        lanes = np.empty(H, dtype=np.float32)
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            for r in range(R):
+                lanes[:] = 0.0
+                for g in range(ng):
+                    b = g * H
+                    s = scales[o, g]
+                    for j in range(H):
+                        v = np.int32(q[o, b + j])
+                        lanes[j] += s * (xe[r, b + j] * table[v >> np.int32(4)]
+                                         + xo[r, b + j] * table[v & np.int32(15)])
+                t = np.float32(0.0)
+                for j in range(H):
+                    t += lanes[j]
+                y[r, o] = t
+    return y
+
+
+@njit(cache=True, inline="always")
+def _f16_at(q, o, b, f16):
+    """The little-endian f16 at bytes b, b+1 of row o, as float32."""
+    return f16[np.int32(q[o, b]) | (np.int32(q[o, b + 1]) << np.int32(8))]
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_q8_0(x, q, qs, f16):
+    """ggml block_q8_0 (34 B: f16 d, i8 qs[32]); q (out, blocks*34) u8 and qs its int8 view."""
+    R, n = x.shape
+    nb = q.shape[1] // 34
+    B = n // nb  # 32, known only at run time on purpose: a constant trip count is fully
+    #              unrolled by LLVM and then not vectorised (Numba turns SLP vectorisation off)
+    y = np.empty((R, q.shape[0]), dtype=np.float32)
+    for o in prange(q.shape[0]):
+        for r in range(R):
+            acc = np.float32(0.0)
+            for k in range(nb):
+                b = k * 34 + 2
+                e = k * B
+                t = np.float32(0.0)
+                for l in range(B):
+                    t += x[r, e + l] * np.float32(np.int32(qs[o, b + l]))
+                acc += t * _f16_at(q, o, b - 2, f16)
+            y[r, o] = acc
+    return y
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_q4_0(x, xsum, q, f16):
+    """ggml block_q4_0 (18 B: f16 d, u8 qs[16]): byte l of qs holds element l (low nibble) and
+    element l + 16 (high); w = d (n - 8). xsum (R, in/32) are the block sums of x."""
+    R, n = x.shape
+    nb = q.shape[1] // 18
+    half = n // nb // 2  # 16, at run time (see gemv_q8_0)
+    O = q.shape[0]
+    y = np.empty((R, O), dtype=np.float32)
+    for c in prange((O + CHUNK - 1) // CHUNK):
+        lanes = np.empty(half, dtype=np.float32)
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            for r in range(R):
+                lanes[:] = 0.0
+                corr = np.float32(0.0)
+                for k in range(nb):
+                    b = k * 18 + 2
+                    e = k * 2 * half
+                    d = _f16_at(q, o, b - 2, f16)
+                    corr += d * xsum[r, k]
+                    for l in range(half):
+                        v = np.int32(q[o, b + l])
+                        lanes[l] += d * (x[r, e + l] * np.float32(np.int32(v & np.int32(15)))
+                                         + x[r, e + half + l] * np.float32(np.int32(v >> np.int32(4))))
+                t = np.float32(-8.0) * corr
+                for l in range(half):
+                    t += lanes[l]
+                y[r, o] = t
+    return y
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_q4_1(x, xsum, q, f16):
+    """ggml block_q4_1 (20 B: f16 d, f16 m, u8 qs[16], split halves as q4_0); w = d n + m."""
+    R, n = x.shape
+    nb = q.shape[1] // 20
+    half = n // nb // 2
+    O = q.shape[0]
+    y = np.empty((R, O), dtype=np.float32)
+    for c in prange((O + CHUNK - 1) // CHUNK):
+        lanes = np.empty(half, dtype=np.float32)
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            for r in range(R):
+                lanes[:] = 0.0
+                corr = np.float32(0.0)
+                for k in range(nb):
+                    b = k * 20 + 4
+                    e = k * 2 * half
+                    d = _f16_at(q, o, b - 4, f16)
+                    corr += _f16_at(q, o, b - 2, f16) * xsum[r, k]
+                    for l in range(half):
+                        v = np.int32(q[o, b + l])
+                        lanes[l] += d * (x[r, e + l] * np.float32(np.int32(v & np.int32(15)))
+                                         + x[r, e + half + l] * np.float32(np.int32(v >> np.int32(4))))
+                t = corr
+                for l in range(half):
+                    t += lanes[l]
+                y[r, o] = t
+    return y
+
+
+# --- dequantization (prefill tiles, embedding rows): bit-identical to the spec ---------------------
+@njit(cache=True, parallel=True)
+def dequant_int8(q, scales, out):
+    G = q.shape[1] // scales.shape[1]
+    for o in prange(q.shape[0]):
+        for j in range(q.shape[1]):
+            out[o, j] = np.float32(q[o, j]) * scales[o, j // G]
+
+
+@njit(cache=True, parallel=True)
+def dequant_int4(q, scales, out):
+    H = q.shape[1] // scales.shape[1]
+    for o in prange(q.shape[0]):
+        for j in range(q.shape[1]):
+            v = np.int32(q[o, j])
+            s = scales[o, j // H]
+            out[o, 2 * j] = (np.float32(v & np.int32(15)) - np.float32(8.0)) * s
+            out[o, 2 * j + 1] = (np.float32(v >> np.int32(4)) - np.float32(8.0)) * s
+
+
+@njit(cache=True, parallel=True)
+def dequant_int4_asym(q, scales, mins, out):
+    H = q.shape[1] // scales.shape[1]
+    for o in prange(q.shape[0]):
+        for j in range(q.shape[1]):
+            v = np.int32(q[o, j])
+            s, m = scales[o, j // H], mins[o, j // H]
+            out[o, 2 * j] = np.float32(v & np.int32(15)) * s + m
+            out[o, 2 * j + 1] = np.float32(v >> np.int32(4)) * s + m
+
+
+@njit(cache=True, parallel=True)
+def dequant_nf4(q, scales, table, out):
+    H = q.shape[1] // scales.shape[1]
+    for o in prange(q.shape[0]):
+        for j in range(q.shape[1]):
+            v = np.int32(q[o, j])
+            s = scales[o, j // H]
+            out[o, 2 * j] = table[v >> np.int32(4)] * s
+            out[o, 2 * j + 1] = table[v & np.int32(15)] * s
+
+
+@njit(cache=True, parallel=True)
+def dequant_q8_0(q, qs, f16, out):
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // 34):
+            d = _f16_at(q, o, k * 34, f16)
+            for l in range(32):
+                out[o, k * 32 + l] = np.float32(qs[o, k * 34 + 2 + l]) * d
+
+
+@njit(cache=True, parallel=True)
+def dequant_q4_0(q, f16, out):
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // 18):
+            d = _f16_at(q, o, k * 18, f16)
+            for l in range(16):
+                v = np.int32(q[o, k * 18 + 2 + l])
+                out[o, k * 32 + l] = (np.float32(v & np.int32(15)) - np.float32(8.0)) * d
+                out[o, k * 32 + 16 + l] = (np.float32(v >> np.int32(4)) - np.float32(8.0)) * d
+
+
+@njit(cache=True, parallel=True)
+def dequant_q4_1(q, f16, out):
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // 20):
+            d, m = _f16_at(q, o, k * 20, f16), _f16_at(q, o, k * 20 + 2, f16)
+            for l in range(16):
+                v = np.int32(q[o, k * 20 + 4 + l])
+                out[o, k * 32 + l] = np.float32(v & np.int32(15)) * d + m
+                out[o, k * 32 + 16 + l] = np.float32(v >> np.int32(4)) * d + m
+
+
+# --- dispatch --------------------------------------------------------------------------------------
+def _split_even_odd(x2):
+    return np.ascontiguousarray(x2[:, 0::2]), np.ascontiguousarray(x2[:, 1::2])
+
+
+def _group_sums(x2, n_groups):
+    return np.ascontiguousarray(x2.reshape(x2.shape[0], n_groups, -1).sum(axis=2, dtype=np.float32))
+
+
+def _readonly(arrays: dict) -> dict:
+    """Read-only views of the packed arrays: memory-mapped weights are read-only, so passing every
+    array that way gives Numba one signature (one compilation) per kernel, not two."""
+    out = {}
+    for name, arr in arrays.items():
+        v = arr.view()
+        v.flags.writeable = False
+        out[name] = v
+    return out
+
+
+def _gemv(x2: np.ndarray, a: dict, scheme: str) -> np.ndarray | None:
+    """The decode kernel of ``scheme`` on x2 (R, in), or None when the scheme has none."""
+    a = _readonly(a)
+    if scheme == "int8":
+        return gemv_int8(x2, a["qweight"], a["scales"])
+    if scheme in ("int4", "int4-asym"):
+        scales = a["scales"]
+        mins = a.get("mins", scales)  # (unused by the symmetric kernel)
+        xsum = _group_sums(x2, scales.shape[1])
+        return gemv_int4(*_split_even_odd(x2), xsum, a["qweight"], scales, mins, scheme == "int4")
+    if scheme == "nf4":
+        return gemv_nf4(*_split_even_odd(x2), a["qweight"], a["scales"], NF4_TABLE)
+    if scheme == "q8_0":
+        return gemv_q8_0(x2, a["qweight"], a["qweight"].view(np.int8), F16_TABLE)
+    if scheme in ("q4_0", "q4_1"):
+        xsum = _group_sums(x2, x2.shape[1] // 32)
+        kernel = gemv_q4_0 if scheme == "q4_0" else gemv_q4_1
+        return kernel(x2, xsum, a["qweight"], F16_TABLE)
+    return None
+
+
+def dequantize_rows(t: QuantizedTensor, index) -> np.ndarray:
+    """Rows ``index`` (a slice or int64 ids) of ``t`` as float32 [k, in], equal to the spec."""
+    a = _readonly({name: arr[index] for name, arr in t.arrays.items()})
+    rows = next(iter(a.values())).shape[0]
+    out = np.empty((rows, t.shape[1]), dtype=np.float32)
+    if rows == 0:
+        return out
+    s = t.scheme
+    if s == "int8":
+        dequant_int8(a["qweight"], a["scales"], out)
+    elif s == "int4":
+        dequant_int4(a["qweight"], a["scales"], out)
+    elif s == "int4-asym":
+        dequant_int4_asym(a["qweight"], a["scales"], a["mins"], out)
+    elif s == "nf4":
+        dequant_nf4(a["qweight"], a["scales"], NF4_TABLE, out)
+    elif s == "q8_0":
+        dequant_q8_0(a["qweight"], a["qweight"].view(np.int8), F16_TABLE, out)
+    elif s == "q4_0":
+        dequant_q4_0(a["qweight"], F16_TABLE, out)
+    elif s == "q4_1":
+        dequant_q4_1(a["qweight"], F16_TABLE, out)
+    else:  # dequantize-only k-quants: the NumPy spec
+        out[...] = QuantizedTensor(s, t.group_size, (rows, t.shape[1]), a).dequantize()
+    return out
+
+
+def quantized_matmul(x: np.ndarray, t: QuantizedTensor) -> np.ndarray:
+    """x (..., in) float32 @ dequantize(t).T -> (..., out) float32.
+
+    Decode (few rows): the scheme's GEMV, reading the packed weights once. Prefill: tiles of rows
+    dequantized in Numba and multiplied by BLAS (compute bound, so the unpacking is amortised).
+    """
+    lead = x.shape[:-1]
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    out_dim = t.shape[0]
+    if x2.shape[0] <= GEMV_MAX_ROWS:
+        y = _gemv(x2, t.arrays, t.scheme)
+        if y is not None:
+            return y.reshape(lead + (out_dim,))
+    out = np.empty((x2.shape[0], out_dim), dtype=np.float32)
+    step = max(1, TILE_ELEMENTS // t.shape[1])
+    for r in range(0, out_dim, step):
+        tile = dequantize_rows(t, slice(r, r + step))
+        out[:, r:r + step] = x2 @ tile.T  # (matmul into a strided out= slice skips BLAS: copy instead)
+    return out.reshape(lead + (out_dim,))
+
+
+def quantized_rows(t: QuantizedTensor, ids: np.ndarray) -> np.ndarray:
+    """Embedding lookup: only rows ``ids`` (any integer shape) are gathered and dequantized."""
+    ids = np.asarray(ids)
+    flat = ids.reshape(-1).astype(np.int64)  # 64-bit before any index arithmetic
+    return dequantize_rows(t, flat).reshape(ids.shape + (t.shape[1],))
