@@ -265,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse and dispatch; every pycohere-style command line (also ``python -m pycohere.golden``)
+    handles errors here: one line on stderr and exit 2, a traceback only with --debug."""
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -367,22 +367,8 @@ class TextIteratorStreamer(TextStreamer):
 
 # --- the mixin ------------------------------------------------------------------------------------
 def _prepare_input_ids(input_ids, vocab_size: int) -> np.ndarray:
-    try:
-        ids = np.asarray(input_ids)
-    except ValueError:  # ragged nested lists
-        raise InputError("input_ids rows have different lengths: pad them on the left and pass the attention_mask "
-                         "(tokenizer(texts, padding=True, return_tensors='np'))") from None
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or 0 in ids.shape or not np.issubdtype(ids.dtype, np.integer):
-        raise InputError(f"input_ids must be integer token ids of shape (batch, tokens) with at least one token, "
-                         f"got shape {ids.shape} dtype {ids.dtype}")
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        b, t = map(int, np.argwhere(bad)[0])
-        raise TokenIdError(f"token id {int(ids[b, t])} at batch {b}, position {t} is outside the vocabulary "
-                           f"[0, {vocab_size}); check that the tokenizer belongs to this model")
-    return ids.astype(np.int64)
+    from .model import check_token_ids  # the forward pass's own check (model imports this module)
+    return check_token_ids(input_ids, vocab_size)
 
 
 def _prepare_attention_mask(attention_mask, ids: np.ndarray, pad: int | None, eos: list[int]) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .cache import layer_windows
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, InputError,
-                     PycohereError, TokenizerError, UnsupportedFormatError, WeightMismatchError)
+                     TokenizerError, UnsupportedFormatError, WeightMismatchError)
 
 SCHEMA = "pycohere-golden"
 SCHEMA_VERSION = 1
@@ -974,17 +974,8 @@ def run_cli(register_fn, argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pycohere")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     register_fn(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return args.func(args)
-    except (PycohereError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"pycohere: error: {e}", file=sys.stderr)
-        return 2
+    from .cli import run  # the one place that turns errors into a line on stderr and exit 2
+    return run(parser, argv)
 
 
 def main(argv=None) -> int:

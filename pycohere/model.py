@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,11 +54,31 @@ def _as_array(value, what: str, error=InputError) -> np.ndarray:
     """np.asarray with a named error for ragged or non-numeric input (instead of NumPy's ValueError)."""
     try:
         a = np.asarray(value)
-    except (ValueError, TypeError) as e:
-        raise error(f"{what} must be a rectangular array of numbers ({e}); pad rows to the same length") from None
+    except (ValueError, TypeError):
+        raise error(f"{what} must be a rectangular array of numbers, but its rows have different lengths; pad "
+                    "them to one length (tokenizer(texts, padding=True, return_tensors='np') pads on the left and "
+                    "returns the attention_mask)") from None
     if a.dtype == object or a.dtype.kind in "USV":
         raise error(f"{what} must hold numbers, got {a.dtype}; pad rows to the same length")
     return a
+
+
+def check_token_ids(input_ids, vocab_size: int) -> np.ndarray:
+    """input_ids (B, T) or (T,) -> int64 (B, T), refusing ragged rows, non-integers and ids outside the vocabulary."""
+    ids = _as_array(input_ids, "input_ids")
+    if not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise InputError(f"input_ids must be integers (got dtype {ids.dtype}); pass token ids, e.g. "
+                         "from tokenizer.encode()")
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise InputError(f"input_ids must have shape (batch, tokens) with at least one token, got {ids.shape}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        b, t = map(int, np.argwhere(bad)[0])
+        raise TokenIdError(f"token id {int(ids[b, t])} at batch {b}, position {t} is outside the vocabulary "
+                           f"[0, {vocab_size}); check that the tokenizer belongs to this model")
+    return ids.astype(np.int64)
 
 
 def _resolve_dtype(dtype) -> np.dtype:
@@ -177,21 +196,7 @@ class CohereModel(_Pretrained):
 
     # -- input checking ---------------------------------------------------------------------
     def _check_ids(self, input_ids) -> np.ndarray:
-        ids = _as_array(input_ids, "input_ids")
-        if not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-            raise InputError(f"input_ids must be integers (got dtype {ids.dtype}); pass token ids, e.g. "
-                             "from tokenizer.encode()")
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
-            raise InputError(f"input_ids must have shape (batch, tokens) with at least one token, got {ids.shape}")
-        V = self.config.vocab_size
-        bad = (ids < 0) | (ids >= V)
-        if bad.any():
-            b, t = map(int, np.argwhere(bad)[0])
-            raise TokenIdError(f"token id {int(ids[b, t])} at batch {b}, position {t} is outside the vocabulary "
-                               f"[0, {V}); check that the tokenizer belongs to this model")
-        return ids.astype(np.int64)
+        return check_token_ids(input_ids, self.config.vocab_size)
 
     def _check_mask(self, attention_mask, B, total) -> np.ndarray | None:
         if attention_mask is None:
