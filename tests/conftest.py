@@ -5,3 +5,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # tools/ holds the oracle helpers and fixture scripts that tests share.
 sys.path.insert(0, str(ROOT / "tools"))
 DATA = Path(__file__).resolve().parent / "data"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Oracle tests on tiny models: torch's thread pool only adds overhead, and on a shared 2-core
+    machine it makes small matmuls 10-100x slower. Restored after the module."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,19 +17,9 @@ import oracle  # noqa: E402  (tools/oracle.py)
 import pycohere  # noqa: E402
 from pycohere import sampling  # noqa: E402
 
-pytestmark = pytest.mark.oracle
+pytestmark = [pytest.mark.oracle, pytest.mark.usefixtures("one_torch_thread")]
 
 N_NEW = 20
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny models: torch's thread pool only adds overhead, and on a shared 2-core machine it makes
-    # each generate() call 10-50x slower. Restored afterwards for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ PARITY = DATA / "parity"
 GENERATE = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny float64 matmuls run ~100x slower with torch's thread pool on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _prompts(case):
