@@ -198,12 +198,15 @@ class Corpus:
         idx = start + np.arange(n)[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
         return stream[idx][rng.permutation(n)]
 
-    def batches(self, batch_size: int):
-        epoch = 0
+    def batches(self, batch_size: int, start_step: int = 0):
+        """Endless (epoch, batch) stream; `start_step` skips batches to resume a run exactly."""
+        epoch, skip = 0, start_step
         while True:
             windows = self.epoch_windows(epoch)
-            for b in range(len(windows) // batch_size):
+            n = len(windows) // batch_size
+            for b in range(min(skip, n), n):
                 yield epoch, windows[b * batch_size:(b + 1) * batch_size]
+            skip = max(0, skip - n)
             epoch += 1
 
     def eval_windows(self) -> list[list[int]]:
@@ -264,21 +267,54 @@ def make_optimizer(model, lr: float, weight_decay: float):
                              lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+# Arguments that change the result: a checkpoint only resumes a run that used the same ones.
+RUN_ARGS = ("seed", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
+            "chat_fraction", "max_positions", "threads")
+
+
+def save_checkpoint(path: Path, model, opt, state: dict, args):
+    """Atomic checkpoint, so a killed run (the machine is shared) can continue exactly."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
+                "run_args": {k: getattr(args, k) for k in RUN_ARGS}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, opt, args) -> dict:
+    import torch
+
+    ckpt = torch.load(path, weights_only=False)
+    mine = {k: getattr(args, k) for k in RUN_ARGS}
+    if ckpt["run_args"] != mine:
+        raise SystemExit(f"{path} was written by a run with {ckpt['run_args']}, not {mine}; "
+                         "delete it or pass matching arguments")
+    if args.steps is not None and ckpt["state"]["total"] not in (None, args.steps):
+        raise SystemExit(f"{path} belongs to a {ckpt['state']['total']}-step run, not {args.steps}")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    return ckpt["state"]
+
+
 def train(args, model, corpus: Corpus, log) -> dict:
     import torch
     import torch.nn.functional as F
 
     opt = make_optimizer(model, args.lr, args.weight_decay)
     eval_windows = corpus.eval_windows()
-    total = args.steps
-    t0 = time.time()
+    st = {"step": 0, "total": args.steps, "tokens_seen": 0, "history": [], "train_seconds": 0.0,
+          "epoch": 0, "loss": float("nan"), "resumed_at": []}
+    if args.checkpoint and args.checkpoint.exists():
+        st = load_checkpoint(args.checkpoint, model, opt, args)
+        st["resumed_at"].append(st["step"])
+        log(f"resumed from {args.checkpoint} at step {st['step']}/{st['total']}")
+    t0 = time.time() - st["train_seconds"]
     calib_from, calib_to = 10, min(80, args.warmup)
-    tokens_seen, history, epoch = 0, [], 0
-    batches = corpus.batches(args.batch_size)
-    step = 0
-    while total is None or step < total:
-        epoch, batch = next(batches)
-        lr = lr_at(step, total or 10**9, args.lr, args.warmup)
+    batches = corpus.batches(args.batch_size, start_step=st["step"])
+    while st["total"] is None or st["step"] < st["total"]:
+        st["epoch"], batch = next(batches)
+        lr = lr_at(st["step"], st["total"] or 10**9, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         x = torch.from_numpy(batch[:, :-1])
@@ -289,28 +325,39 @@ def train(args, model, corpus: Corpus, log) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        tokens_seen += x.numel()
-        step += 1
+        st["tokens_seen"] += x.numel()
+        st["step"] += 1
+        st["loss"] = loss.item()
+        step, total = st["step"], st["total"]
         if step == calib_from:
             t_calib = time.time()
         if total is None and step == calib_to:
             per_step = (time.time() - t_calib) / (calib_to - calib_from)
             remaining = args.minutes * 60 - (time.time() - t0)
             # ~4% of the budget goes to the periodic held-out evaluations.
-            total = max(args.warmup + 1, step + int(0.96 * remaining / per_step))
+            st["total"] = total = max(args.warmup + 1, step + int(0.96 * remaining / per_step))
             log(f"timing: {per_step:.3f} s/step -> total steps {total}")
+        st["train_seconds"] = time.time() - t0
         if step % args.log_every == 0 or step == total:
-            elapsed = time.time() - t0
-            log(f"step {step}/{total} epoch {epoch} loss {loss.item():.4f} lr {lr:.2e} "
-                f"tokens {tokens_seen} elapsed {elapsed:.0f}s tok/s {tokens_seen / elapsed:.0f}")
+            log(f"step {step}/{total} epoch {st['epoch']} loss {st['loss']:.4f} lr {lr:.2e} "
+                f"tokens {st['tokens_seen']} elapsed {st['train_seconds']:.0f}s "
+                f"tok/s {st['tokens_seen'] / st['train_seconds']:.0f}")
         if step % args.eval_every == 0 or step == total:
             ppl, _ = heldout_perplexity(model, eval_windows)
-            history.append({"step": step, "train_loss": round(loss.item(), 4),
-                            "heldout_ppl": round(ppl, 3), "elapsed_s": round(time.time() - t0, 1)})
+            st["history"].append({"step": step, "train_loss": round(st["loss"], 4),
+                                  "heldout_ppl": round(ppl, 3),
+                                  "elapsed_s": round(time.time() - t0, 1)})
             log(f"eval step {step}: held-out perplexity {ppl:.3f}")
-    return {"steps": total, "tokens_seen": tokens_seen, "epochs_started": epoch + 1,
-            "train_seconds": round(time.time() - t0, 1), "history": history,
-            "final_train_loss": round(loss.item(), 4)}
+        if args.checkpoint and total is not None and (step % args.checkpoint_every == 0
+                                                      or step == total):
+            st["train_seconds"] = time.time() - t0
+            save_checkpoint(args.checkpoint, model, opt, st, args)
+            if args.stop_after == step:
+                raise SystemExit(f"stopped after step {step} (--stop-after)")
+    return {"steps": st["total"], "tokens_seen": st["tokens_seen"],
+            "epochs_started": st["epoch"] + 1, "train_seconds": round(time.time() - t0, 1),
+            "history": st["history"], "final_train_loss": round(st["loss"], 4),
+            "resumed_at_steps": st["resumed_at"]}
 
 
 # ----------------------------------------------------------------------------- saving
@@ -324,6 +371,7 @@ def save_artifacts(out: Path, model, tok, cfg: dict, heldout: str):
     state = {k: v.detach().to(torch.bfloat16).contiguous()
              for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)  # save_file creates it 0600
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     tok.save(str(out / "tokenizer.json"))
     for name, content in tokenizer_files(cfg["max_position_embeddings"]).items():
@@ -364,6 +412,34 @@ def continuations(model, tok, sampler, seed: int) -> list[dict]:
                 "new_tokens": len(new),
             })
     return results
+
+
+END_RATE_PROMPTS = ["Hello", "Hi", "Who are you?", "What is love?", "Tell me my fortune.",
+                    "How do I bake bread?"]
+
+
+def chat_end_rate(model, tok, sampler, seeds=range(1, 5), max_new_tokens: int = 128) -> dict:
+    """How often a chat answer ends with <|END_OF_TURN_TOKEN|> within max_new_tokens: greedy
+    once per prompt, and sampled (temperature 0.7, top_k 40, top_p 0.9) once per seed."""
+    import torch
+
+    def ends(ids, **kwargs) -> bool:
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
+                             eos_token_id=[EOT_ID, EOS_DOC_ID], pad_token_id=PAD_ID, **kwargs)
+        return out[0, -1].item() == EOT_ID
+
+    greedy, sampled = {}, 0
+    for prompt in END_RATE_PROMPTS:
+        text = sampler.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False).ids
+        greedy[prompt] = ends(ids, do_sample=False)
+        for seed in seeds:
+            torch.manual_seed(seed)
+            sampled += ends(ids, do_sample=True, temperature=0.7, top_k=40, top_p=0.9)
+    return {"prompts": END_RATE_PROMPTS, "max_new_tokens": max_new_tokens,
+            "greedy_ended": greedy, "sampled_ended": sampled,
+            "sampled_total": len(END_RATE_PROMPTS) * len(seeds),
+            "sampling": f"temperature 0.7, top_k 40, top_p 0.9, torch.manual_seed in {list(seeds)}"}
 
 
 def check_saved(out: Path, eval_windows, reference_ppl: float, log) -> dict:
@@ -444,7 +520,13 @@ def write_provenance(out: Path, info: dict):
         "```",
         "",
         f"Training wall time: {r['train_seconds'] / 60:.1f} min for {r['steps']} steps on "
-        f"{info['machine']['threads']} CPU threads ({info['machine']['cpu']}).",
+        f"{info['machine']['threads']} CPU threads ({info['machine']['cpu']}), `nice -n 10` on a "
+        "2-core machine shared with other jobs, so the throughput varied "
+        f"({r['tokens_seen'] / r['train_seconds']:.0f} tokens/s on average)"
+        + (f"; the run was killed and resumed from its checkpoint at step(s) "
+           f"{', '.join(map(str, r['resumed_at_steps']))} (exact continuation: same batches, "
+           "optimizer state restored; time while stopped not counted)." if r["resumed_at_steps"]
+           else "."),
         "",
         "## Model",
         "",
@@ -529,6 +611,27 @@ def write_provenance(out: Path, info: dict):
     for g in info["continuations"]:
         prompt = g["prompt"] if g["kind"] == "text" else "chat: " + g["prompt"]
         lines += [f"**{g['mode']}** — `{prompt}`", "", "```", g["completion"], "```", ""]
+    ce = info.get("chat_end_rate")
+    if ce:
+        greedy_ok = [p for p, ok in ce["greedy_ended"].items() if ok]
+        lines += [
+            "## Limitations",
+            "",
+            "- Greedy decoding falls into repetition loops (see above); sampling works far better. "
+            "generation_config.json therefore asks for sampling (temperature 0.7, top_k 40, "
+            "top_p 0.9, at most 128 new tokens).",
+            f"- Chat answers end with `<|END_OF_TURN_TOKEN|>` within {ce['max_new_tokens']} tokens "
+            f"in {ce['sampled_ended']} of {ce['sampled_total']} sampled runs "
+            f"(prompts {', '.join(repr(p) for p in ce['prompts'])}; {ce['sampling']}); greedy "
+            f"ends for {len(greedy_ok)} of {len(ce['prompts'])} prompts "
+            f"({', '.join(repr(p) for p in greedy_ok) or 'none'}). A chat front end must still "
+            "cap the answer length.",
+            "- Fortune-cookie and Spanish answers are mostly garbled: together they are about 2% "
+            "of the training tokens, too little for a 4M-parameter model. English KJV prose is "
+            "what it does well.",
+            f"- Trained on {info['training']['seq_len']}-token windows only.",
+            "",
+        ]
     lines += [
         "## Versions",
         "",
@@ -562,9 +665,20 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--log", type=Path, help="also append the log to this file")
+    p.add_argument("--checkpoint", type=Path, default=Path("/tmp/pycohere-demo-train.pt"),
+                   help="resume from / save to this file (deleted after a finished run); "
+                        "'' disables")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests resuming
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="no training: reload the artifacts in --out, check their held-out "
+                        "perplexity against provenance.json, redo the generations and rewrite "
+                        "provenance.json / PROVENANCE.md")
     args = p.parse_args(argv)
     if args.steps is not None:
         args.minutes = None
+    if args.checkpoint is not None and str(args.checkpoint) in ("", "."):
+        args.checkpoint = None
     return args
 
 
@@ -603,6 +717,9 @@ def main(argv=None):
     log(f"tokenizer: {tok.get_vocab_size()} tokens; KJV train tokens {corpus.kjv_tokens}, "
         f"chat tokens per epoch >= {corpus.chat_target}")
 
+    if args.evaluate_only:
+        return evaluate_only(args, tok, corpus, sampler, log)
+
     cfg = model_config(args.max_positions)
     config = CohereConfig(**{k: v for k, v in cfg.items()
                              if k not in ("architectures", "torch_dtype", "dtype",
@@ -629,6 +746,8 @@ def main(argv=None):
     gens = continuations(model, tok, sampler, args.seed)
     for g in gens:
         log(f"{g['mode']} {g['prompt']!r} -> {g['completion']!r}")
+    end_rate = chat_end_rate(model, tok, sampler)
+    log(f"chat end rate: {end_rate}")
 
     command = ("nice -n 10 python tools/train_demo_model.py "
                f"--steps {result['steps']} --seed {args.seed} --out {args.out}")
@@ -679,10 +798,38 @@ def main(argv=None):
                     "total_wall_seconds": round(time.time() - wall0, 1)},
         "checks": checks,
         "continuations": gens,
+        "chat_end_rate": end_rate,
         "files": files,
     }
     write_provenance(args.out, info)
+    if args.checkpoint and args.checkpoint.exists():
+        args.checkpoint.unlink()  # finished: a later run must start from scratch
     log(f"done: {args.out} ({files['model.safetensors']['bytes']} bytes of weights)")
+
+
+def evaluate_only(args, tok, corpus: Corpus, sampler, log):
+    """Re-run the evaluations on the shipped files (the tokenizer rebuilt from the corpus must be
+    the shipped one, which also checks that tokenizer training is deterministic)."""
+    import torch
+    from transformers import CohereForCausalLM
+
+    info = json.loads((args.out / "provenance.json").read_text())
+    if json.loads(tok.to_str()) != json.loads((args.out / "tokenizer.json").read_text()):
+        raise SystemExit("the rebuilt tokenizer differs from the shipped tokenizer.json")
+    torch.manual_seed(args.seed)
+    model = CohereForCausalLM.from_pretrained(str(args.out), dtype=torch.float32).eval()
+    ppl, _ = heldout_perplexity(model, corpus.eval_windows())
+    shipped = info["results"]["heldout_ppl_bf16"]
+    log(f"held-out perplexity of the shipped weights: {ppl:.4f} (provenance.json: {shipped:.4f})")
+    if abs(ppl - shipped) > 1e-3 * shipped:
+        raise SystemExit("perplexity of the shipped weights does not match provenance.json")
+    info["continuations"] = continuations(model, tok, sampler, args.seed)
+    info["chat_end_rate"] = chat_end_rate(model, tok, sampler)
+    log(f"chat end rate: {info['chat_end_rate']}")
+    info["reevaluated"] = {"invocation": " ".join(sys.argv), "heldout_ppl": ppl,
+                           "note": "generations recomputed on the weights reloaded with "
+                                   "CohereForCausalLM.from_pretrained"}
+    write_provenance(args.out, info)
 
 
 def corpus_sources(n_fortunes: int, n_refranes: int) -> list[dict]:
