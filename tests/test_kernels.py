@@ -1,7 +1,5 @@
 """Every Numba kernel against its NumPy twin (hypothesis over shapes). Also run with NUMBA_DISABLE_JIT=1."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -85,11 +83,8 @@ def test_attention_kernels_equal_spec(B, T, past, heads, Dh, window, pad, data):
 
 @pytest.mark.skipif(NO_JIT, reason="this is the launcher of the NUMBA_DISABLE_JIT run itself")
 def test_kernels_also_pass_as_plain_python():
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    from conftest import assert_passes_without_jit
+    assert_passes_without_jit(__file__)
 
 
 def test_nan_scores_propagate_like_the_spec():

@@ -4,8 +4,6 @@ Hypothesis draws schemes, group sizes and shapes; the file re-runs itself with N
 so the kernels are also checked as plain Python (copying the pattern of tests/test_kernels.py).
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -148,8 +146,5 @@ def test_quantized_weight_dispatches_on_backend(monkeypatch):
 
 @pytest.mark.skipif(NO_JIT, reason="this is the launcher of the NUMBA_DISABLE_JIT run itself")
 def test_kernels_also_pass_as_plain_python():
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    from conftest import assert_passes_without_jit
+    assert_passes_without_jit(__file__)
