@@ -20,14 +20,14 @@ def _human(n: float) -> str:
 
 
 def cmd_inspect(args) -> int:
-    """Config summary, parameter count, tensor table and memory estimates of a checkpoint."""
-    from .config import AutoConfig
-    from .weights import Checkpoint, check_manifest
+    """Config summary, parameter count, tensor table (storage type, bits per weight, block size)
+    and memory estimates of a checkpoint: safetensors (float, pycohere-quantized, bitsandbytes,
+    GPTQ, AWQ) or GGUF."""
+    from .formats import load_config, open_weights
+    from .weights import check_manifest
 
-    from .quant.storage import WeightSource
-    config = AutoConfig.from_pretrained(args.model)
-    ckpt = Checkpoint(args.model)
-    source = WeightSource(ckpt, config)  # logical tensor names, quantized or not
+    config = load_config(args.model)
+    source = open_weights(args.model, config)  # logical tensor names, quantized or not
     check_manifest(config, source.shapes, where=str(args.model), problems=source.problems)
     c = config
     print(f"{args.model}: model_type {c.model_type}")
@@ -43,23 +43,33 @@ def cmd_inspect(args) -> int:
         n_sliding = sum(t == "sliding_attention" for t in c.layer_types)
         extra.append(f"{n_sliding} sliding (window {c.sliding_window}) + {c.num_hidden_layers - n_sliding} full (NoPE) layers")
     print("  " + ", ".join(extra))
-    rows = [(n, t.shape, t.dtype, t.nbytes) for n, t in sorted(ckpt.tensors.items())]
+    rows = source.tensor_table()
     if not args.all and len(rows) > 24:
-        shown = [r for r in rows if ".layers." not in r[0] or ".layers.0." in r[0]]
+        shown = [r for r in rows if ".layers." not in r.name or ".layers.0." in r.name]
         hidden = len(rows) - len(shown)
     else:
         shown, hidden = rows, 0
-    w = max(len(r[0]) for r in shown)
-    print(f"\n  {'tensor':<{w}}  {'shape':<16} {'dtype':<5} {'bytes':>10}")
-    for name, shape, dtype, nbytes in shown:
-        print(f"  {name:<{w}}  {str(list(shape)):<16} {dtype:<5} {_human(nbytes):>10}")
+    w = max(len(r.name) for r in shown)
+    print(f"\n  {'tensor':<{w}}  {'shape':<16} {'storage':<9} {'bits/w':>6} {'block':>5} {'bytes':>10}")
+    for r in shown:
+        block = "-" if r.block_size is None else str(r.block_size)
+        print(f"  {r.name:<{w}}  {str(list(r.shape)):<16} {r.storage:<9} {r.bits_per_weight:>6.2f} {block:>5} "
+              f"{_human(r.nbytes):>10}")
     if hidden:
         print(f"  ... {hidden} more tensors of layers 1-{c.num_hidden_layers - 1} (--all shows them)")
+    by_storage: dict[str, list[int]] = {}
+    for r in rows:
+        entry = by_storage.setdefault(r.storage, [0, 0])
+        entry[0] += 1
+        entry[1] += r.nbytes
+    print("  storage: " + ", ".join(f"{k} {n} tensors {_human(b)}" for k, (n, b) in sorted(by_storage.items())))
     n_params = sum(math.prod(shape) for n, shape in source.shapes.items() if not n.endswith("inv_freq"))
+    total = sum(r.nbytes for r in rows)
     kv_per_token = 2 * c.num_key_value_heads * c.get_head_dim() * 4  # float32 K and V
     kv_layers = c.num_hidden_layers
-    print(f"\n  parameters {n_params:,} in {len(ckpt.files)} file(s), {_human(ckpt.nbytes)} on disk")
-    print(f"  weights in RAM: {_human(ckpt.nbytes)} memory-mapped (float32 copy would be {_human(4 * n_params)})")
+    print(f"\n  parameters {n_params:,} in {len(source.files)} file(s), {_human(total)} of weights "
+          f"({8 * total / max(1, n_params):.2f} bits per parameter)")
+    print(f"  weights in RAM: {_human(total)} memory-mapped (float32 copy would be {_human(4 * n_params)})")
     print(f"  KV cache (float32): {_human(kv_per_token * kv_layers)} per token"
           + (" for full layers; sliding layers cap at their window" if getattr(c, "layer_types", None) else ""))
     return 0
@@ -230,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command")
     ins = sub.add_parser("inspect", help="summarise a checkpoint: config, tensors, memory")
-    ins.add_argument("model", help="checkpoint folder (config.json + safetensors)")
+    ins.add_argument("model", help="checkpoint folder (config.json + safetensors) or .gguf file")
     ins.add_argument("--all", action="store_true", help="list every tensor")
     ins.set_defaults(func=cmd_inspect)
     from . import explain, golden  # local import keeps `pycohere inspect` start-up light

@@ -17,12 +17,12 @@ from . import hub
 from . import layers as L
 from .backends import attention_kernel, resolve_backend
 from .cache import KVCache, layer_windows
-from .config import AutoConfig, Cohere2Config, CohereConfig
+from .config import Cohere2Config, CohereConfig
 from .errors import AttentionMaskError, CacheError, InputError, TokenIdError
+from .formats import load_config, open_weights
 from .generation import GenerationMixin
 from .rope import compute_inv_freq, rope_cos_sin
-from .tensors import widen
-from .weights import Checkpoint, check_manifest, uses_qk_norm
+from .weights import check_manifest, uses_qk_norm
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "fp32": np.float32, "fp64": np.float64}
 
@@ -92,26 +92,22 @@ def _resolve_dtype(dtype) -> np.dtype:
     return dt
 
 
-def load_params(ckpt: Checkpoint, config, dtype, backend: str, materialize: bool = False,
-                quantization=None) -> dict:
-    """Checkpoint tensors -> the parameter tree the layer functions take.
+def load_params(source, config, dtype, backend: str, materialize: bool = False) -> dict:
+    """A weight source's tensors (``pycohere.formats``) -> the parameter tree the layer functions take.
 
     Matrices become ``Weight`` objects over the mmap'd views (widened per use unless ``materialize``;
-    ``QuantizedWeight`` over the packed views of a pycohere quantized checkpoint); the small vectors
-    (norms, biases) are widened to the compute dtype now. ``quantization`` (a QuantizationConfig)
-    quantizes the float matrices one by one while loading (quantize-on-load).
+    ``QuantizedWeight`` over packed views of quantized checkpoints, or quantized now when the source
+    was opened with a QuantizationConfig); the small vectors (norms, biases) are widened to the
+    compute dtype now.
     """
-    from .quant.storage import WeightSource  # (local: pycohere.quant imports pycohere.tensors)
-    source = WeightSource(ckpt, config, quantization)
-    check_manifest(config, source.shapes, where=str(ckpt.path), problems=source.problems)
+    check_manifest(config, source.shapes, where=str(source.path), problems=source.problems)
     source.check_quantization_plan()  # every group size fits, before quantizing anything
 
     def matrix(name):
         return source.matrix(name, dtype, backend, materialize)
 
     def vector(name):
-        t = ckpt[name]
-        return widen(t.array, t.dtype, dtype)
+        return source.vector(name, dtype)
 
     layers = []
     for i in range(config.num_hidden_layers):
@@ -159,17 +155,17 @@ class _Pretrained:
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
         path = hub.resolve(path, revision, cache_dir, local_files_only, token)
-        config = config or cls.config_class.from_pretrained(path)
+        config = config or load_config(path)
         if not isinstance(config, cls.config_class):
             raise InputError(f"{cls.__name__} reads model_type {cls.config_class.model_type!r}, but "
                              f"{path} is {config.model_type!r}; use AutoModelForCausalLM")
         from .quant.config import resolve_quantization
         quantization = resolve_quantization(quantization_config, load_in_8bit, load_in_4bit)
-        ckpt = Checkpoint(path)
         dt = _resolve_dtype(dtype)
         backend = resolve_backend(backend)
-        return cls(config, load_params(ckpt, config, dt, backend, materialize, quantization), dtype=dt,
-                   backend=backend, checkpoint=ckpt)
+        source = open_weights(path, config, quantization)
+        return cls(config, load_params(source, config, dt, backend, materialize), dtype=dt,
+                   backend=backend, checkpoint=source)
 
 
 class CohereModel(_Pretrained):
@@ -406,7 +402,7 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(path, **kwargs) -> CohereForCausalLM:
         path = hub.resolve(path, *(kwargs.pop(k, None) for k in ("revision", "cache_dir", "local_files_only", "token")))
-        config = AutoConfig.from_pretrained(path)
+        config = load_config(path)
         return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, **kwargs)
 
 
@@ -414,5 +410,5 @@ class AutoModel:
     @staticmethod
     def from_pretrained(path, **kwargs) -> CohereModel:
         path = hub.resolve(path, *(kwargs.pop(k, None) for k in ("revision", "cache_dir", "local_files_only", "token")))
-        config = AutoConfig.from_pretrained(path)
+        config = load_config(path)
         return BASE_MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, **kwargs)

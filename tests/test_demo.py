@@ -28,7 +28,7 @@ def test_demo_is_a_small_bf16_cohere_model_with_qk_norm_and_gqa(demo):
     c = model.config
     assert c.model_type == "cohere" and c.use_qk_norm and c.num_key_value_heads < c.num_attention_heads
     assert (DEMO / "model.safetensors").stat().st_size <= 10 * 2**20
-    assert {t.dtype for t in model.model.checkpoint.tensors.values()} == {"BF16"}
+    assert {t.dtype for t in model.model.checkpoint.ckpt.tensors.values()} == {"BF16"}
     assert tok.eos_token == "<|END_OF_TURN_TOKEN|>" and tok.eos_token_id == c.eos_token_id
     assert tok.bos_token_id == c.bos_token_id == 5
 

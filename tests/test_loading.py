@@ -31,7 +31,7 @@ def test_tensors_are_zero_copy_views_of_the_file(tmp_path):
     assert isinstance(base, np.memmap)  # a view into the mapped file, not a copy
     model = pycohere.AutoModelForCausalLM.from_pretrained(folder)
     w = model.params["layers"][0]["up_proj"]
-    assert np.shares_memory(w.raw, model.model.checkpoint["model.layers.0.mlp.up_proj.weight"].array)
+    assert np.shares_memory(w.raw, model.model.checkpoint.ckpt["model.layers.0.mlp.up_proj.weight"].array)
 
 
 @pytest.mark.parametrize("storage", ["F16", "BF16"])

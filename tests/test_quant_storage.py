@@ -107,7 +107,7 @@ def test_quantized_checkpoint_layout_and_bit_exact_arrays(bf16_src, tmp_path, sc
 def test_loaded_weights_are_views_of_the_memory_map(bf16_src, tmp_path):
     dst = pycohere.quantize_checkpoint(bf16_src, tmp_path / "q", "int4-asym", 32, progress=False)
     model = pycohere.AutoModelForCausalLM.from_pretrained(dst, backend="numpy")
-    ckpt = model.model.checkpoint
+    ckpt = model.model.checkpoint.ckpt
     W = model.params["layers"][1]["down_proj"]
     assert isinstance(W, QuantizedWeight) and W.shape == (128, 256) and W.storage == "int4-asym"
     for array in ("qweight", "scales", "mins"):

@@ -41,7 +41,7 @@ def dequantized_float_checkpoint(quantized, folder):
     """The oracle: every weight of a quantized checkpoint as float32 (quantized ones dequantized
     by the NumPy spec), saved as an ordinary checkpoint with the same config."""
     model = pycohere.AutoModelForCausalLM.from_pretrained(quantized, backend="numpy")
-    ckpt = model.model.checkpoint
+    ckpt = model.model.checkpoint.ckpt
     tensors = {}
     for name, shape in storage_module.WeightSource(ckpt, model.config).shapes.items():
         if name in ckpt:

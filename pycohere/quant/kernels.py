@@ -311,25 +311,49 @@ def _readonly(arrays: dict) -> dict:
     return out
 
 
+# scheme -> decode kernel ``gemv(x2 (R, in) f32, arrays) -> (R, out)`` and dequantizer
+# ``dequant(arrays, out (rows, in) f32)``; other modules add their schemes' kernels with
+# :func:`register_kernels`. A scheme without a GEMV runs through dequantized tiles; one without a
+# dequantizer uses its NumPy spec.
+GEMV_KERNELS: dict = {}
+DEQUANT_KERNELS: dict = {}
+
+
+def register_kernels(scheme: str, gemv=None, dequant=None) -> None:
+    if gemv is not None:
+        GEMV_KERNELS[scheme] = gemv
+    if dequant is not None:
+        DEQUANT_KERNELS[scheme] = dequant
+
+
+def _gemv_int4(x2, a, symmetric):
+    scales = a["scales"]
+    mins = a.get("mins", scales)  # (unused by the symmetric kernel)
+    return gemv_int4(*_split_even_odd(x2), _group_sums(x2, scales.shape[1]), a["qweight"], scales, mins, symmetric)
+
+
+def _gemv_q4(kernel):
+    return lambda x2, a: kernel(x2, _group_sums(x2, x2.shape[1] // 32), a["qweight"], F16_TABLE)
+
+
+register_kernels("int8", lambda x2, a: gemv_int8(x2, a["qweight"], a["scales"]),
+                 lambda a, out: dequant_int8(a["qweight"], a["scales"], out))
+register_kernels("int4", lambda x2, a: _gemv_int4(x2, a, True),
+                 lambda a, out: dequant_int4(a["qweight"], a["scales"], out))
+register_kernels("int4-asym", lambda x2, a: _gemv_int4(x2, a, False),
+                 lambda a, out: dequant_int4_asym(a["qweight"], a["scales"], a["mins"], out))
+register_kernels("nf4", lambda x2, a: gemv_nf4(*_split_even_odd(x2), a["qweight"], a["scales"], NF4_TABLE),
+                 lambda a, out: dequant_nf4(a["qweight"], a["scales"], NF4_TABLE, out))
+register_kernels("q8_0", lambda x2, a: gemv_q8_0(x2, a["qweight"], a["qweight"].view(np.int8), F16_TABLE),
+                 lambda a, out: dequant_q8_0(a["qweight"], a["qweight"].view(np.int8), F16_TABLE, out))
+register_kernels("q4_0", _gemv_q4(gemv_q4_0), lambda a, out: dequant_q4_0(a["qweight"], F16_TABLE, out))
+register_kernels("q4_1", _gemv_q4(gemv_q4_1), lambda a, out: dequant_q4_1(a["qweight"], F16_TABLE, out))
+
+
 def _gemv(x2: np.ndarray, a: dict, scheme: str) -> np.ndarray | None:
     """The decode kernel of ``scheme`` on x2 (R, in), or None when the scheme has none."""
-    a = _readonly(a)
-    if scheme == "int8":
-        return gemv_int8(x2, a["qweight"], a["scales"])
-    if scheme in ("int4", "int4-asym"):
-        scales = a["scales"]
-        mins = a.get("mins", scales)  # (unused by the symmetric kernel)
-        xsum = _group_sums(x2, scales.shape[1])
-        return gemv_int4(*_split_even_odd(x2), xsum, a["qweight"], scales, mins, scheme == "int4")
-    if scheme == "nf4":
-        return gemv_nf4(*_split_even_odd(x2), a["qweight"], a["scales"], NF4_TABLE)
-    if scheme == "q8_0":
-        return gemv_q8_0(x2, a["qweight"], a["qweight"].view(np.int8), F16_TABLE)
-    if scheme in ("q4_0", "q4_1"):
-        xsum = _group_sums(x2, x2.shape[1] // 32)
-        kernel = gemv_q4_0 if scheme == "q4_0" else gemv_q4_1
-        return kernel(x2, xsum, a["qweight"], F16_TABLE)
-    return None
+    kernel = GEMV_KERNELS.get(scheme)
+    return None if kernel is None else kernel(x2, _readonly(a))
 
 
 def dequantize_rows(t: QuantizedTensor, index) -> np.ndarray:
@@ -339,23 +363,11 @@ def dequantize_rows(t: QuantizedTensor, index) -> np.ndarray:
     out = np.empty((rows, t.shape[1]), dtype=np.float32)
     if rows == 0:
         return out
-    s = t.scheme
-    if s == "int8":
-        dequant_int8(a["qweight"], a["scales"], out)
-    elif s == "int4":
-        dequant_int4(a["qweight"], a["scales"], out)
-    elif s == "int4-asym":
-        dequant_int4_asym(a["qweight"], a["scales"], a["mins"], out)
-    elif s == "nf4":
-        dequant_nf4(a["qweight"], a["scales"], NF4_TABLE, out)
-    elif s == "q8_0":
-        dequant_q8_0(a["qweight"], a["qweight"].view(np.int8), F16_TABLE, out)
-    elif s == "q4_0":
-        dequant_q4_0(a["qweight"], F16_TABLE, out)
-    elif s == "q4_1":
-        dequant_q4_1(a["qweight"], F16_TABLE, out)
-    else:  # dequantize-only k-quants: the NumPy spec
-        out[...] = QuantizedTensor(s, t.group_size, (rows, t.shape[1]), a).dequantize()
+    kernel = DEQUANT_KERNELS.get(t.scheme)
+    if kernel is not None:
+        kernel(a, out)
+    else:  # e.g. dequantize-only formats without a kernel yet: the NumPy spec
+        out[...] = QuantizedTensor(t.scheme, t.group_size, (rows, t.shape[1]), a).dequantize()
     return out
 
 

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 import numpy as np
 
 from ..errors import CorruptCheckpointError, QuantizationError, UnsupportedFormatError
+from ..formats import TensorInfo
 from ..tensors import DenseWeight, widen
 from ..weights import INDEX_NAME, SAFETENSORS_DTYPES, SINGLE_NAME, Checkpoint, TensorRef
 from .config import QUANT_METHOD, QuantizationConfig
@@ -318,6 +319,40 @@ class WeightSource:
         self.shapes = {n: t.shape for n, t in ckpt.tensors.items()}
         if self.meta is not None:
             self._collect_quantized()
+
+    # --- the pycohere.formats source interface ------------------------------------------------
+    @property
+    def path(self):
+        return self.ckpt.path
+
+    @property
+    def files(self):
+        return self.ckpt.files
+
+    @property
+    def nbytes(self) -> int:
+        return self.ckpt.nbytes
+
+    def vector(self, name: str, dtype) -> np.ndarray:
+        t = self.ckpt[name]
+        return widen(t.array, t.dtype, dtype)
+
+    def tensor_table(self) -> list[TensorInfo]:
+        """Every logical tensor: float ones with their dtype, quantized ones with their scheme."""
+        rows = []
+        for name, shape in sorted(self.shapes.items()):
+            if name in self.quantized:
+                arrays, entry = self.quantized[name]
+                cls = get_scheme(entry["scheme"])
+                g = int(entry["group_size"])
+                rows.append(TensorInfo(name, tuple(shape), entry["scheme"], cls.bits_per_weight(g),
+                                       None if g == shape[-1] and cls.block_size is None else g,
+                                       int(sum(a.nbytes for a in arrays.values()))))
+            elif name in self.ckpt:
+                t = self.ckpt[name]
+                rows.append(TensorInfo(name, tuple(t.shape), t.dtype, 8.0 * SAFETENSORS_DTYPES[t.dtype].itemsize,
+                                       None, t.nbytes))
+        return rows
 
     def describe(self) -> str:
         schemes = sorted({str(e.get("scheme")) for e in self.meta["tensors"].values() if isinstance(e, dict)})
