@@ -50,10 +50,11 @@ def cmd_inspect(args) -> int:
     else:
         shown, hidden = rows, 0
     w = max(len(r.name) for r in shown)
-    print(f"\n  {'tensor':<{w}}  {'shape':<16} {'storage':<9} {'bits/w':>6} {'block':>5} {'bytes':>10}")
+    sw = max(len("storage"), *(len(r.storage) for r in shown))
+    print(f"\n  {'tensor':<{w}}  {'shape':<16} {'storage':<{sw}} {'bits/w':>6} {'block':>5} {'bytes':>10}")
     for r in shown:
         block = "-" if r.block_size is None else str(r.block_size)
-        print(f"  {r.name:<{w}}  {str(list(r.shape)):<16} {r.storage:<9} {r.bits_per_weight:>6.2f} {block:>5} "
+        print(f"  {r.name:<{w}}  {str(list(r.shape)):<16} {r.storage:<{sw}} {r.bits_per_weight:>6.2f} {block:>5} "
               f"{_human(r.nbytes):>10}")
     if hidden:
         print(f"  ... {hidden} more tensors of layers 1-{c.num_hidden_layers - 1} (--all shows them)")
@@ -93,7 +94,8 @@ def _load(args):
     from .model import AutoModelForCausalLM
     from .tokenizer import CohereTokenizer
     path = resolve(args.model) if args.model else demo_model_path()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype, backend=args.backend)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype, backend=args.backend,
+                                                 activations=args.activations)
     return model, CohereTokenizer.from_pretrained(path)
 
 
@@ -105,9 +107,11 @@ def _sampling_kwargs(args) -> dict:
 
 
 def _add_model_args(p, sampling=True):
-    p.add_argument("--model", "-m", default=None, help="checkpoint folder or hub repo id (default: the bundled demo model)")
+    p.add_argument("--model", "-m", default=None, help="checkpoint folder, .gguf file or hub repo id (default: the bundled demo model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
+    p.add_argument("--activations", default="float32", choices=["float32", "llama.cpp"],
+                   help="llama.cpp: round each matmul's input as llama.cpp does (reproduces its numbers on GGUF)")
     if sampling:
         g = p.add_argument_group("generation")
         g.add_argument("--max-new-tokens", "-n", type=int, default=64)
@@ -248,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.register(sub)
     from .quant import convert as quant_convert
     quant_convert.register(sub)
+    from . import gguf_export
+    gguf_export.register(sub)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the tokens",
                          description="Continue PROMPT (or standard input when piped) and stream the tokens; "

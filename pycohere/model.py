@@ -18,7 +18,7 @@ from . import layers as L
 from .backends import attention_kernel, resolve_backend
 from .cache import KVCache, layer_windows
 from .config import Cohere2Config, CohereConfig
-from .errors import AttentionMaskError, CacheError, InputError, TokenIdError
+from .errors import AttentionMaskError, CacheError, ConfigError, InputError, TokenIdError
 from .formats import load_config, open_weights
 from .generation import GenerationMixin
 from .rope import compute_inv_freq, rope_cos_sin
@@ -92,19 +92,28 @@ def _resolve_dtype(dtype) -> np.dtype:
     return dt
 
 
-def load_params(source, config, dtype, backend: str, materialize: bool = False) -> dict:
+ACTIVATIONS = ("float32", "llama.cpp")
+
+
+def load_params(source, config, dtype, backend: str, materialize: bool = False,
+                activations: str = "float32") -> dict:
     """A weight source's tensors (``pycohere.formats``) -> the parameter tree the layer functions take.
 
     Matrices become ``Weight`` objects over the mmap'd views (widened per use unless ``materialize``;
     ``QuantizedWeight`` over packed views of quantized checkpoints, or quantized now when the source
     was opened with a QuantizationConfig); the small vectors (norms, biases) are widened to the
-    compute dtype now.
+    compute dtype now. ``activations="llama.cpp"`` rounds the input of every matmul as llama.cpp's
+    CPU dot products do for the weight's type (``pycohere.quant.activations``).
     """
     check_manifest(config, source.shapes, where=str(source.path), problems=source.problems)
     source.check_quantization_plan()  # every group size fits, before quantizing anything
 
     def matrix(name):
-        return source.matrix(name, dtype, backend, materialize)
+        w = source.matrix(name, dtype, backend, materialize)
+        if activations == "llama.cpp":
+            from .quant.activations import LlamaCppActivations
+            w = LlamaCppActivations(w, name)
+        return w
 
     def vector(name):
         return source.vector(name, dtype)
@@ -139,7 +148,7 @@ class _Pretrained:
                         materialize: bool = False, config=None, revision: str | None = None,
                         cache_dir=None, local_files_only: bool | None = None, token=None,
                         quantization_config=None, load_in_8bit: bool = False, load_in_4bit: bool = False,
-                        **kwargs):
+                        activations: str = "float32", **kwargs):
         """Load a checkpoint folder (config.json + safetensors, single or sharded) or a hub repo id
         (fetched into the standard hub cache; ``HF_HUB_OFFLINE=1`` uses the cache only).
 
@@ -151,20 +160,25 @@ class _Pretrained:
             weights tensor by tensor while loading; ``load_in_8bit=True`` is int8 and
             ``load_in_4bit=True`` nf4 (as transformers' BitsAndBytesConfig shorthands). A checkpoint
             written by ``pycohere quantize`` loads quantized without any of these.
+        activations: "float32" (exact: x @ W.T with the dequantized weights, as transformers) or
+            "llama.cpp": round each matmul's input as llama.cpp's CPU backend does for the weight's
+            type (8-bit blocks for quantized GGUF weights), to reproduce llama.cpp's numbers.
         """
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
         path = hub.resolve(path, revision, cache_dir, local_files_only, token)
         config = config or load_config(path)
-        if not isinstance(config, cls.config_class):
-            raise InputError(f"{cls.__name__} reads model_type {cls.config_class.model_type!r}, but "
+        if config.model_type != cls.config_class.model_type:
+            raise ConfigError(f"{cls.__name__} reads model_type {cls.config_class.model_type!r}, but "
                              f"{path} is {config.model_type!r}; use AutoModelForCausalLM")
         from .quant.config import resolve_quantization
         quantization = resolve_quantization(quantization_config, load_in_8bit, load_in_4bit)
+        if activations not in ACTIVATIONS:
+            raise InputError(f"activations={activations!r} is not one of {ACTIVATIONS}")
         dt = _resolve_dtype(dtype)
         backend = resolve_backend(backend)
         source = open_weights(path, config, quantization)
-        return cls(config, load_params(source, config, dt, backend, materialize), dtype=dt,
+        return cls(config, load_params(source, config, dt, backend, materialize, activations), dtype=dt,
                    backend=backend, checkpoint=source)
 
 

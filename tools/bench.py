@@ -1,8 +1,14 @@
-"""Benchmark: pycohere (numba, numpy) against transformers (float32, bfloat16) on one checkpoint.
+"""Benchmark: pycohere (numba, numpy) against transformers (float32, bfloat16) and llama.cpp.
 
     python tools/bench.py [--ckpt DIR] [--reps 3] [--impls numba,numpy,hf-fp32,hf-bf16]
                           [--hidden 2048 --intermediate 5632 --heads 16 --layers 8 --vocab 256000]
-                          [--prompt 128 --long-prompt 2048 --decode 32] [--markdown]
+                          [--prompt 128 --long-prompt 2048 --decode 32]
+                          [--llama-cpp FILE.gguf[,FILE.gguf...]]
+
+An impl may name its own checkpoint as ``impl@PATH`` (``numba@/tmp/bench-int8`` for a quantized folder,
+``numba@/tmp/bench.q4_0.gguf``); ``--llama-cpp A.gguf,B.gguf`` adds the pair ``numba@A.gguf``,
+``llama.cpp@A.gguf`` for each file, so pycohere and llama.cpp (llama-cpp-python, built from source:
+an optional peer) run the same weights side by side.
 
 Default shape is Command-R-like (hidden 2048, ffn 5632, 16 heads of 128, 8 layers, vocab 256000, tied,
 bf16: ~1.9 GB), generated once into --ckpt with tools/make_synthetic_checkpoint.py. Every measurement
@@ -25,17 +31,102 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ("numba", "numpy", "hf-fp32", "hf-bf16")
+LLAMA_CPP = "llama.cpp"
 # extra: "numba-omp" = the numba backend with Numba's OpenMP threading layer instead of workqueue
 
 
 # --- worker: one implementation, one fresh process -----------------------------------------------
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across
+    execve, so a worker would inherit the parent's 1 GiB bandwidth buffer as its 'peak'."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class StepTimer:
+    """A generate() streamer that only records when each new token arrives (both libraries first
+    put() the prompt, then one token per step)."""
+
+    def __init__(self):
+        self.t = []
+
+    def put(self, value):
+        self.t.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+    def steps(self) -> list[float]:
+        return [b - a for a, b in zip(self.t[1:], self.t[2:])]  # after the first generated token
+
+
+def llama_cpp_worker(gguf: str, ids_short, ids_long, decode: int) -> dict:
+    """The same measurements with llama.cpp through llama-cpp-python's low-level context.
+
+    Greedy decode after the short prompt, one token per llama_decode call, as pycohere's generate."""
+    import numpy as np
+    from llama_cpp import Llama
+    r = {"impl": LLAMA_CPP}
+    n_ctx = max(ids_short.shape[1] + decode, ids_long.shape[1] if ids_long is not None else 0) + 8
+    t = time.perf_counter()
+    llm = Llama(model_path=gguf, n_ctx=n_ctx, n_batch=512, n_threads=os.cpu_count(),
+                n_threads_batch=os.cpu_count(), verbose=False)
+    r["load_s"] = time.perf_counter() - t
+    r["threads"] = os.cpu_count()
+
+    def prefill(ids):
+        llm.reset()
+        llm.eval(ids[0].tolist())
+
+    llm.eval(ids_short[0, :8].tolist())  # warm up
+    t = time.perf_counter()
+    prefill(ids_short)
+    r["prefill_short_s"] = time.perf_counter() - t
+    r["prefill_short_tps"] = ids_short.shape[1] / r["prefill_short_s"]
+    if ids_long is not None:
+        t = time.perf_counter()
+        prefill(ids_long)
+        r["prefill_long_s"] = time.perf_counter() - t
+        r["prefill_long_tps"] = ids_long.shape[1] / r["prefill_long_s"]
+    prefill(ids_short)
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    steps = []
+    t0 = t = time.perf_counter()
+    for _ in range(decode - 1):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        steps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+    r["decode_tps"] = (decode - 1) / (time.perf_counter() - t0)
+    r["decode_step_tps"] = 1 / statistics.median(steps)
+    r["peak_rss"] = peak_rss()
+    return r
+
+
+def vocab_size(ckpt: str) -> int:
+    if ckpt.endswith(".gguf"):
+        import pycohere
+        return pycohere.formats.load_config(ckpt).vocab_size
+    return json.loads((Path(ckpt) / "config.json").read_text())["vocab_size"]
+
+
+def checkpoint_bytes(ckpt: str) -> int:
+    p = Path(ckpt)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.glob("*.safetensors"))
+
+
 def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> dict:
     import numpy as np
     rng = np.random.default_rng(0)
-    cfg = json.loads((Path(ckpt) / "config.json").read_text())
-    V = cfg["vocab_size"]
+    V = vocab_size(ckpt)
     ids_short = rng.integers(10, V, size=(1, prompt))
     ids_long = rng.integers(10, V, size=(1, long_prompt)) if long_prompt else None
+    if impl == LLAMA_CPP:
+        return llama_cpp_worker(ckpt, ids_short, ids_long, decode)
     r = {"impl": impl}
     if impl.startswith("hf"):
         import torch
@@ -50,9 +141,10 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
             with torch.no_grad():
                 model(input_ids=torch.tensor(ids), logits_to_keep=1)
 
-        def generate(ids, n):
+        def generate(ids, n, streamer=None):
             with torch.no_grad():
-                model.generate(torch.tensor(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                model.generate(torch.tensor(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               streamer=streamer)
         r["threads"] = torch.get_num_threads()
     else:
         import pycohere
@@ -69,8 +161,8 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
         def prefill(ids):
             model(ids, logits_to_keep=1)
 
-        def generate(ids, n):
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        def generate(ids, n, streamer=None):
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
     t = time.perf_counter()
     prefill(ids_short)
     r["prefill_short_s"] = time.perf_counter() - t
@@ -84,12 +176,15 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
     t = time.perf_counter()
     generate(ids_short, 1)
     one_s = time.perf_counter() - t
+    timer = StepTimer()
     t = time.perf_counter()
-    generate(ids_short, decode)
+    generate(ids_short, decode, streamer=timer)
     gen_s = time.perf_counter() - t
     # both calls prefill the same prompt; the difference is (decode - 1) one-token steps
     r["decode_tps"] = (decode - 1) / max(gen_s - one_s, 1e-9)
-    r["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # per-step times (between successive tokens handed to the streamer): robust to a noisy neighbour
+    r["decode_step_tps"] = 1 / statistics.median(timer.steps())
+    r["peak_rss"] = peak_rss()
     return r
 
 
@@ -158,6 +253,7 @@ def main(argv=None):
     for flag, default in (("hidden", 2048), ("intermediate", 5632), ("heads", 16), ("kv-heads", 16),
                           ("layers", 8), ("vocab", 256000)):
         ap.add_argument(f"--{flag}", type=int, default=default)
+    ap.add_argument("--llama-cpp", default="", help="comma-separated GGUF files: run numba and llama.cpp on each")
     ap.add_argument("--json", default=None, help="also write all raw results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -171,17 +267,21 @@ def main(argv=None):
         from make_synthetic_checkpoint import write
         print(f"writing the benchmark checkpoint to {ckpt} ...", file=sys.stderr)
         write(ckpt, args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads, args.vocab)
-    ckpt_bytes = (ckpt / "model.safetensors").stat().st_size
-    impls = args.impls.split(",")
+    impls = [i for i in args.impls.split(",") if i]
+    for g in filter(None, args.llama_cpp.split(",")):
+        impls += [f"numba@{g}", f"{LLAMA_CPP}@{g}"]
+    where = {i: (i.split("@", 1) + [str(ckpt)])[:2] for i in impls}  # impl -> (kind, checkpoint)
+    ckpt_bytes = checkpoint_bytes(str(ckpt))
     results = {i: [] for i in impls}
     bws = []
     for rep in range(args.reps):
         bws.append(bandwidth_gbs())
         for impl in impls:
-            n = args.numpy_decode if impl == "numpy" else args.decode
-            cmd = [sys.executable, __file__, "--worker", impl, "--ckpt", str(ckpt), "--prompt", str(args.prompt),
+            kind, path = where[impl]
+            n = args.numpy_decode if kind == "numpy" else args.decode
+            cmd = [sys.executable, __file__, "--worker", kind, "--ckpt", path, "--prompt", str(args.prompt),
                    "--long-prompt", str(args.long_prompt), "--decode", str(n)]
-            env = dict(os.environ, NUMBA_THREADING_LAYER="omp" if impl == "numba-omp" else "workqueue")
+            env = dict(os.environ, NUMBA_THREADING_LAYER="omp" if kind == "numba-omp" else "workqueue")
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 print(f"{impl} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -199,7 +299,8 @@ def main(argv=None):
           f"{args.heads} heads, {args.layers} layers, vocab {args.vocab}, tied)  ")
     print(f"Streaming read bandwidth (parallel Numba sum of 1 GiB): median {bw:.1f} GB/s "
           f"(min {min(bws):.1f}, max {max(bws):.1f}), {args.reps} reps  \n")
-    print("| impl | load s | prefill 128 tok/s | prefill 2048 tok/s | decode tok/s | decode / roofline | peak RSS / ckpt |")
+    print(f"| impl | load s | prefill {args.prompt} tok/s | prefill {args.long_prompt} tok/s | decode tok/s | "
+          "decode / roofline | peak RSS / weights file |")
     print("|---|---|---|---|---|---|---|")
     for impl in impls:
         rs = results[impl]
@@ -207,12 +308,29 @@ def main(argv=None):
             print(f"| {impl} | failed | | | | | |")
             continue
         fmt = lambda key, f="{:.1f}": (lambda s: "" if s is None else f"{f.format(s[0])} ({f.format(s[1])}–{f.format(s[2])})")(summarise(rs, key))
-        weight_bytes = ckpt_bytes * (2 if impl in ("hf-fp32", "numpy") else 1)  # fp32 weights: 2x the bytes
+        kind, path = where[impl]
+        file_bytes = checkpoint_bytes(path)
+        weight_bytes = file_bytes * (2 if kind in ("hf-fp32", "numpy") else 1)  # fp32 weights: 2x the bytes
         roof = bw * 1e9 / weight_bytes
-        dec = summarise(rs, "decode_tps")
+        dec = summarise(rs, "decode_step_tps")
         rss = summarise(rs, "peak_rss")
         print(f"| {impl} | {fmt('load_s', '{:.2f}')} | {fmt('prefill_short_tps')} | {fmt('prefill_long_tps')} | "
-              f"{fmt('decode_tps', '{:.2f}')} | {dec[0] / roof:.0%} of {roof:.2f} | {rss[0] / ckpt_bytes:.2f}× |")
+              f"{fmt('decode_step_tps', '{:.2f}')} | {dec[0] / roof:.0%} of {roof:.2f} | {rss[0] / file_bytes:.2f}× |")
+    # Side-by-side ratios: per repetition (the two ran back to back), then the median and range.
+    base = impls[0]
+    for impl in impls[1:]:
+        pairs = [(a["decode_step_tps"], b["decode_step_tps"]) for a, b in zip(results[base], results[impl])]
+        if pairs:
+            ratios = sorted(b / a for a, b in pairs)
+            print(f"- decode {impl} / {base}: median {statistics.median(ratios):.2f}× "
+                  f"(range {ratios[0]:.2f}–{ratios[-1]:.2f}, {len(ratios)} reps)")
+    for g in filter(None, args.llama_cpp.split(",")):
+        pairs = [(a["decode_step_tps"], b["decode_step_tps"])
+                 for a, b in zip(results[f"numba@{g}"], results[f"{LLAMA_CPP}@{g}"])]
+        if pairs:
+            ratios = sorted(a / b for a, b in pairs)
+            print(f"- decode pycohere / llama.cpp on {Path(g).name}: median {statistics.median(ratios):.2f}× "
+                  f"(range {ratios[0]:.2f}–{ratios[-1]:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": m, "bandwidth": bws, "results": results}, indent=2))
 

@@ -424,10 +424,11 @@ class Q4_0(_GGMLScheme, name="q4_0"):
 
     ``d = max / -8`` where ``max`` is the element of largest magnitude *with its sign* (first
     one on ties), so that element maps exactly to code 0. Codes ``min(15, trunc(w * id + 8.5))``
-    with ``w * id + 8.5`` rounded once, as ggml's C reference computes it when the compiler
-    fuses it into an FMA; gguf-py (llama.cpp master) emulates that in float64 and so do we.
-    gguf 0.19.0 on PyPI rounds the product first (float32); the two differ only when
-    ``w * id`` lies within a float32 rounding of a half-integer.
+    with the product and the sum each rounded to float32, as ggml's ``quantize_row_q4_0_ref``
+    (``x0 = x*id; (int8_t)(x0 + 8.5f)``) and gguf 0.19.0 compute it. Measured against llama.cpp's
+    own quantizer (llama-cpp-python 0.3.36 built here, ``llama_model_quantize`` to pure Q4_0): its
+    bytes equal this on every tensor of bf16-valued models, where ties are common; a single
+    (fused) rounding, which gguf-py on llama.cpp master emulates in float64, did not match.
     """
 
     bits = 4
@@ -442,8 +443,8 @@ class Q4_0(_GGMLScheme, name="q4_0"):
         d = np.take_along_axis(blocks, imax, axis=1) / np.float32(-8)
         inverse = np.float32(1) / np.where(d == 0, np.float32(1), d)
         inverse = np.where(d == 0, np.float32(0), inverse)
-        fused = (blocks.astype(np.float64) * inverse.astype(np.float64) + 8.5).astype(np.float32)
-        codes = np.clip(np.trunc(fused), 0, 15).astype(np.uint8)
+        shifted = blocks * inverse + np.float32(8.5)  # float32: two roundings, as ggml
+        codes = np.clip(np.trunc(shifted), 0, 15).astype(np.uint8)
         return {"qweight": np.concatenate([_f16_scale(d, cls.name), _pack_split_halves(codes)], axis=1)}
 
     @classmethod
@@ -746,7 +747,7 @@ def quantize(w, scheme: str = "int8", group_size: int | None = None) -> Quantize
     """
     cls = get_scheme(scheme)
     if not cls.can_quantize:
-        raise QuantizationError(_dequantize_only(scheme))
+        cls.quantize_blocks(np.zeros((1, 1), np.float32))  # raises the scheme's own explanation
     (rows, cols), fetch = _row_source(w)
     group = cls.resolve_group_size(group_size, cols)
     out = {name: np.empty(shape, dtype) for name, (shape, dtype) in array_shapes(scheme, (rows, cols), group).items()}
@@ -762,3 +763,67 @@ def quantize(w, scheme: str = "int8", group_size: int | None = None) -> Quantize
 def dequantize(q: QuantizedTensor, dtype=np.float32) -> np.ndarray:
     """The float matrix a QuantizedTensor stands for."""
     return q.dequantize(dtype)
+
+
+# --- bitsandbytes formats read from Hugging Face checkpoints (pycohere.quant.hf_formats) ---------
+#: bitsandbytes FP4 in code order (1 sign, 2 exponent, 1 mantissa bit: 0, 0.0625, 8, 12, 4, 6, 2, 3,
+#: normalised by 12 in float32, as ``bitsandbytes.functional.get_4bit_type("fp4")`` does). Code 8 is
+#: -0.0 as in bitsandbytes' native CPU and CUDA decoders (``get_4bit_type`` itself has +0.0 there:
+#: the values are equal, only the sign of a zero weight differs).
+FP4_TABLE = np.array([0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0,
+                      -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0], dtype=np.float32) / np.float32(12)
+
+#: LLM.int8's 1/127 as bitsandbytes multiplies by it: the Python float 7.874015718698502e-3 (the
+#: float32 nearest to 1/127, written out) applied to a float32 tensor, i.e. in float32.
+INV127 = np.float32(7.874015718698502e-3)
+
+
+class _ReadOnlyScheme(QuantScheme):
+    """A format pycohere reads from other tools' checkpoints but does not produce."""
+
+    can_quantize = False
+
+    @classmethod
+    def quantize_blocks(cls, blocks):
+        raise QuantizationError(
+            f"{cls.name} is read from bitsandbytes checkpoints only; quantize with int8, int4, "
+            f"int4-asym or nf4 instead")
+
+
+class FP4(_ReadOnlyScheme, name="fp4"):
+    """bitsandbytes FP4: ``w = FP4_TABLE[n] * absmax`` per block, like ``nf4`` with another table
+    (same arrays and nibble order: element ``2j`` in the high nibble of byte ``j``).
+    Arrays: ``qweight`` u8 [out, in/2], ``scales`` f32 [out, in/group]."""
+
+    bits = 4
+    block_size = 64
+    group_sizes = (32, 64, 128)
+
+    @classmethod
+    def block_layout(cls, group_size):
+        return {"qweight": (group_size // 2, U8), "scales": (1, F32)}
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        codes = unpack_nibbles(packed["qweight"], high_first=True)
+        return FP4_TABLE[codes] * packed["scales"].astype(np.float32)
+
+
+class BnbInt8(_ReadOnlyScheme, name="bnb-int8"):
+    """LLM.int8 weights as bitsandbytes dequantizes them: ``w = (q * SCB) * INV127``, rounded to
+    float32 after each multiply (``int8_vectorwise_dequant``, bitsandbytes ``_ops.py``:
+    ``A * stats.view(-1, 1) * 7.874015718698502e-3``). That differs from ``int8``'s single
+    ``q * (SCB / 127)`` in the last bit for about a fifth of the weights, hence its own scheme.
+    One block per row. Arrays: ``qweight`` i8 [out, in], ``scales`` f32 [out, 1] (= ``SCB``)."""
+
+    bits = 8
+    block_size = None
+    group_sizes = ()
+
+    @classmethod
+    def block_layout(cls, group_size):
+        return {"qweight": (group_size, I8), "scales": (1, F32)}
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        return (packed["qweight"].astype(np.float32) * packed["scales"].astype(np.float32)) * INV127

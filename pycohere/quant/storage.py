@@ -274,8 +274,9 @@ def _config_quantization(config) -> dict | None:
         method = entry.get("quant_method") if isinstance(entry, Mapping) else entry
         raise UnsupportedFormatError(
             f"config.json says the weights are quantized with {method!r}; pycohere reads float "
-            f"checkpoints and its own quantized format ({QUANT_METHOD!r}): load the float checkpoint, "
-            f"optionally with quantization_config=pycohere.QuantizationConfig(...)")
+            f"checkpoints, its own quantized format ({QUANT_METHOD!r}), bitsandbytes, GPTQ and AWQ "
+            f"checkpoints and GGUF files: load the float checkpoint, optionally with "
+            f"quantization_config=pycohere.QuantizationConfig(...)")
     return dict(entry)
 
 
