@@ -13,6 +13,8 @@ from .chat import apply_chat_template, parse_grounded_answer, parse_tool_calls
 from .trace import Recorder
 from .quant.config import QuantizationConfig
 from .quant.convert import quantize_checkpoint
+from .gguf_export import convert_to_gguf
+from . import formats
 from . import errors
 
 __version__ = "0.1.0"
@@ -27,4 +29,5 @@ __all__ = [
     "CohereTokenizer", "IncrementalDetokenizer", "apply_chat_template", "parse_grounded_answer", "parse_tool_calls",
     "BaseStreamer", "GenerateDecoderOnlyOutput", "GenerationConfig", "GenerationMixin", "TextGenerationPipeline",
     "TextIteratorStreamer", "TextStreamer", "pipeline", "QuantizationConfig", "quantize_checkpoint",
+    "convert_to_gguf", "formats",
 ]

@@ -312,4 +312,8 @@ class AutoConfig:
 
     @staticmethod
     def from_pretrained(path) -> CohereConfig:
+        """config.json of a checkpoint folder, or the metadata of a GGUF file (pycohere.formats)."""
+        if str(path).endswith(".gguf"):
+            from .formats import load_config
+            return load_config(path)
         return AutoConfig.from_dict(read_config_json(_config_path(path)))

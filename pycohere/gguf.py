@@ -396,12 +396,32 @@ def _align(offset: int, alignment: int) -> int:
 
 
 # --- writer -----------------------------------------------------------------------------------
+def tensor_nbytes(ne: tuple[int, ...], gtype: GGMLType) -> int:
+    """Bytes of a tensor with GGUF dims ``ne`` (``ne[0]`` a multiple of the block size)."""
+    n = 1
+    for d in ne:
+        n *= int(d)  # Python ints: no overflow for tensors of more than 2**31 values
+    return n // gtype.block_size * gtype.type_size
+
+
 @dataclass
 class _PendingTensor:
     name: str
     shape: tuple[int, ...]  # GGUF order
     gtype: GGMLType
-    data: bytes
+    data: bytes | None  # None: declared with add_tensor_info, written later by write_tensor_data
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.shape, self.gtype)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of ``ne[0]`` values (1 for a 1-D tensor)."""
+        n = 1
+        for d in self.shape[1:]:
+            n *= int(d)
+        return n
 
 
 @dataclass
@@ -411,12 +431,27 @@ class GGUFWriter:
     Metadata value types are inferred by :func:`_infer_value_type` (bool, int, float, str, lists
     and arrays) or given explicitly with ``value_type``. Tensors are given as NumPy arrays in
     row-major shape; they are stored with ``ne = reversed(shape)`` as llama.cpp does.
+
+    Two ways to use it:
+
+    * collect, then write: ``add`` / ``add_tensor(name, array)`` ..., then ``write()`` (the whole
+      file is built in memory; for small files and tests);
+    * streaming (``pycohere convert``): ``add`` metadata and ``add_tensor_info(name, shape, type)``
+      for every tensor, then ``open()`` writes the header with every tensor's offset (the layout
+      depends only on names, shapes and types), ``write_tensor_data(name, rows, row_start)`` puts
+      rows of any tensor at their place with ``os.pwrite`` (any order, any chunks), and
+      ``close()`` checks that every byte was written and syncs the file. Memory stays at one
+      chunk of rows whatever the model size. ``abort()`` closes without checks.
     """
 
     path: str | os.PathLike
     alignment: int = DEFAULT_ALIGNMENT
     _kv: list[tuple[str, int, Any, int | None]] = field(default_factory=list)
     _tensors: list[_PendingTensor] = field(default_factory=list)
+    _file: Any = None
+    _data_start: int = 0
+    _offsets: dict[str, int] = field(default_factory=dict)
+    _written: dict[str, int] = field(default_factory=dict)
 
     def add(self, key: str, value: Any, value_type: int | None = None, element_type: int | None = None) -> None:
         if value_type is None:
@@ -442,29 +477,123 @@ class GGUFWriter:
         else:
             array = array.astype(PLAIN_DTYPES[gtype.name], copy=False)
             shape = tuple(reversed(array.shape)) or (1,)
+        self._check_new_name(name)
         self._tensors.append(_PendingTensor(name, shape, gtype, array.tobytes()))
 
-    def write(self) -> Path:
+    def add_tensor_info(self, name: str, shape, ggml_type_name: str) -> None:
+        """Declare a tensor of row-major ``shape`` and type (its bytes come later through
+        :meth:`write_tensor_data`). A quantized type needs rows that are whole blocks."""
+        gtype = ggml_type(ggml_type_name)
+        shape = tuple(int(n) for n in shape)
+        if not 0 < len(shape) <= MAX_DIMS or min(shape) < 0:
+            raise UnsupportedFormatError(f"tensor {name!r}: shape {list(shape)} must have 1..{MAX_DIMS} dimensions")
+        if shape[-1] % gtype.block_size:
+            raise UnsupportedFormatError(
+                f"tensor {name!r} {list(shape)}: rows of {shape[-1]} values are not whole {gtype.name} blocks "
+                f"of {gtype.block_size}")
+        self._check_new_name(name)
+        self._tensors.append(_PendingTensor(name, tuple(reversed(shape)), gtype, None))
+
+    def _check_new_name(self, name: str) -> None:
+        if any(t.name == name for t in self._tensors):
+            raise UnsupportedFormatError(f"tensor {name!r} added twice to the GGUF file")
+
+    # -- layout ------------------------------------------------------------------------------------
+    def _header(self) -> tuple[bytes, dict[str, int]]:
+        """Header, metadata and tensor table (padded to the alignment), and each tensor's offset
+        relative to the data section."""
         out = bytearray()
-        out += GGUF_MAGIC + struct.pack("<IQQ", 3, len(self._tensors), len(self._kv) + (self.alignment != DEFAULT_ALIGNMENT))
-        if self.alignment != DEFAULT_ALIGNMENT:
+        custom = self.alignment != DEFAULT_ALIGNMENT
+        out += GGUF_MAGIC + struct.pack("<IQQ", 3, len(self._tensors), len(self._kv) + custom)
+        if custom:
             out += _pack_kv("general.alignment", ValueType.UINT32, self.alignment, None)
         for key, vtype, value, etype in self._kv:
             out += _pack_kv(key, vtype, value, etype)
         offset = 0
-        offsets = []
+        offsets = {}
         for t in self._tensors:
             out += _pack_string(t.name) + struct.pack("<I", len(t.shape))
             out += struct.pack(f"<{len(t.shape)}Q", *t.shape) + struct.pack("<IQ", t.gtype.id, offset)
-            offsets.append(offset)
-            offset = _align(offset + len(t.data), self.alignment)
+            offsets[t.name] = offset
+            offset = _align(offset + t.nbytes, self.alignment)
         out += bytes(_align(len(out), self.alignment) - len(out))
-        data_start = len(out)
-        for t, off in zip(self._tensors, offsets):
-            out += bytes(data_start + off - len(out)) + t.data
-        path = Path(self.path)
-        path.write_bytes(bytes(out))
-        return path
+        return bytes(out), offsets
+
+    @property
+    def file_size(self) -> int:
+        """Size of the finished file (the last tensor's end; no trailing padding)."""
+        header, offsets = self._header()
+        return len(header) + max((offsets[t.name] + t.nbytes for t in self._tensors), default=0)
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Create (or truncate) the file and write everything but the tensor data."""
+        header, self._offsets = self._header()
+        self._data_start = len(header)
+        self._written = {t.name: 0 for t in self._tensors}
+        self._file = open(self.path, "wb")
+        try:
+            self._file.write(header)
+            self._file.flush()
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_tensor_data(self, name: str, data: np.ndarray, row_start: int = 0) -> None:
+        """Write ``data`` (whole rows of the tensor's storage: float elements, BF16 as uint16
+        bits, uint8 blocks for quantized types) as rows ``row_start, ...`` of tensor ``name``."""
+        if self._file is None:
+            raise RuntimeError("GGUFWriter.open() must be called before write_tensor_data")
+        t = next((t for t in self._tensors if t.name == name), None)
+        if t is None:
+            raise KeyError(f"tensor {name!r} was not declared with add_tensor_info")
+        data = np.ascontiguousarray(data)
+        want = np.dtype(np.uint8) if t.gtype.is_quantized else PLAIN_DTYPES.get(t.gtype.name)
+        row_nbytes = t.nbytes // max(1, t.n_rows)
+        if data.dtype != want or data.nbytes % max(1, row_nbytes) \
+                or int(row_start) * row_nbytes + data.nbytes > t.nbytes:
+            raise ValueError(f"{name}: cannot write {data.dtype} {list(data.shape)} ({data.nbytes} bytes) at row "
+                             f"{row_start} of a {t.gtype.name} tensor of {t.n_rows} rows x {row_nbytes} bytes")
+        pos = self._data_start + self._offsets[name] + int(row_start) * row_nbytes
+        view = memoryview(data.reshape(-1).view(np.uint8))
+        while len(view):
+            n = os.pwrite(self._file.fileno(), view, pos)
+            view, pos = view[n:], pos + n
+        self._written[name] += data.nbytes
+
+    def close(self) -> None:
+        """Check that every tensor was completely written, fix the file's length, sync, close."""
+        try:
+            short = [t.name for t in self._tensors if self._written.get(t.name) != t.nbytes]
+            if short:
+                raise RuntimeError(f"{self.path}: tensors not completely written: {short[:5]}")
+            end = self._data_start + max((self._offsets[t.name] + t.nbytes for t in self._tensors), default=0)
+            os.ftruncate(self._file.fileno(), end)  # (a tensor-less file ends at its header)
+            os.fsync(self._file.fileno())
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def write(self) -> Path:
+        """Write the file at once (tensors given to :meth:`add_tensor`)."""
+        missing = [t.name for t in self._tensors if t.data is None]
+        if missing:
+            raise RuntimeError(f"write() needs the data of every tensor; use open()/write_tensor_data()/close() "
+                               f"for {missing[:5]}")
+        self.open()
+        try:
+            for t in self._tensors:
+                self.write_tensor_data(t.name, np.frombuffer(t.data, np.uint8).view(
+                    np.uint8 if t.gtype.is_quantized else PLAIN_DTYPES[t.gtype.name]))
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+        return Path(self.path)
 
 
 def _pack_string(text: str) -> bytes:

@@ -97,25 +97,6 @@ def test_dequantize_rows_is_bit_identical_to_the_spec(scheme):
     np.testing.assert_array_equal(got.view(np.uint32), spec[ids].view(np.uint32))
 
 
-@pytest.mark.parametrize("scheme", ["q4_k", "q6_k"])
-def test_dequantize_only_schemes_use_the_spec_tiles(scheme):
-    # q4_k / q6_k have no decode kernel: random block bytes (f16 scales kept finite) go through the
-    # NumPy dequantizer tile by tile, for both decode and prefill.
-    rng = np.random.default_rng(4)
-    cls = get_scheme(scheme)
-    raw = rng.integers(0, 256, size=(5, 2 * cls.bytes_per_block), dtype=np.uint8)
-    for b in range(2):  # the f16 scale(s): d (and dmin) at the block start, or d at the end (q6_k)
-        at = [0, 2] if scheme == "q4_k" else [cls.bytes_per_block - 2]
-        for off in at:
-            raw[:, b * cls.bytes_per_block + off: b * cls.bytes_per_block + off + 2] = \
-                np.float16(rng.uniform(-0.01, 0.01, size=(5, 1))).view(np.uint8)
-    q = QuantizedTensor.from_arrays({"qweight": raw}, {"scheme": scheme, "group_size": 256, "shape": [5, 512]})
-    assert QK._gemv(np.zeros((1, 512), np.float32), q.arrays, scheme) is None
-    for rows in (1, 12):
-        x = rng.standard_normal((rows, 512)).astype(np.float32)
-        np.testing.assert_allclose(QK.quantized_matmul(x, q), x @ q.dequantize().T, rtol=1e-5, atol=1e-6)
-
-
 def test_nan_and_inf_in_x_propagate():
     # fastmath here excludes nnan/ninf: a NaN activation must poison every output, as in NumPy.
     rng = np.random.default_rng(5)

@@ -15,8 +15,9 @@ Two kernels per scheme, both tested against the spec in tests/test_quant_kernels
 
 Asymmetric schemes (``int4-asym``, ``q4_1``: ``w = n * s + m``) use ``sum_j x_j w_j =
 s * sum_j x_j n_j + m * sum_j x_j`` with the group sums of x computed once per call.
-Schemes without a kernel here (the dequantize-only ``q4_k`` / ``q6_k``) run through the same
-tile path with the NumPy dequantizer.
+The llama.cpp k-quants (``q4_k`` / ``q6_k``) have their kernels in ``pycohere.quant.kquant_kernels``,
+registered at the end of this module; a scheme without any kernel would run through the same tile
+path with its NumPy dequantizer.
 
 Layouts (see ``pycohere.quant.schemes``): every array is ``[out, (in / group) * width]``; int4 and
 int4-asym keep element ``2j`` in the low nibble of byte ``j``, nf4 in the high nibble, so the
@@ -397,3 +398,6 @@ def quantized_rows(t: QuantizedTensor, ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids)
     flat = ids.reshape(-1).astype(np.int64)  # 64-bit before any index arithmetic
     return dequantize_rows(t, flat).reshape(ids.shape + (t.shape[1],))
+
+
+from . import kquant_kernels  # noqa: E402,F401  (registers the q4_k / q6_k kernels)
