@@ -149,7 +149,9 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
     else:
         import pycohere
         t = time.perf_counter()
-        model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt, backend=impl.split("-")[0])
+        # "numba-llamacpp-act": activations rounded as llama.cpp does (integer dot products on AVX2)
+        act = "llama.cpp" if impl.endswith("-llamacpp-act") else "float32"
+        model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt, backend=impl.split("-")[0], activations=act)
         r["load_s"] = time.perf_counter() - t
         warm = model(ids_short[:, :8], logits_to_keep=1)  # first-call JIT compile (cache=True on disk)
         cache = pycohere.KVCache.for_model(model.config)
@@ -269,7 +271,7 @@ def main(argv=None):
         write(ckpt, args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads, args.vocab)
     impls = [i for i in args.impls.split(",") if i]
     for g in filter(None, args.llama_cpp.split(",")):
-        impls += [f"numba@{g}", f"{LLAMA_CPP}@{g}"]
+        impls += [f"numba@{g}", f"numba-llamacpp-act@{g}", f"{LLAMA_CPP}@{g}"]
     where = {i: (i.split("@", 1) + [str(ckpt)])[:2] for i in impls}  # impl -> (kind, checkpoint)
     ckpt_bytes = checkpoint_bytes(str(ckpt))
     results = {i: [] for i in impls}
@@ -325,12 +327,13 @@ def main(argv=None):
             print(f"- decode {impl} / {base}: median {statistics.median(ratios):.2f}× "
                   f"(range {ratios[0]:.2f}–{ratios[-1]:.2f}, {len(ratios)} reps)")
     for g in filter(None, args.llama_cpp.split(",")):
-        pairs = [(a["decode_step_tps"], b["decode_step_tps"])
-                 for a, b in zip(results[f"numba@{g}"], results[f"{LLAMA_CPP}@{g}"])]
-        if pairs:
-            ratios = sorted(a / b for a, b in pairs)
-            print(f"- decode pycohere / llama.cpp on {Path(g).name}: median {statistics.median(ratios):.2f}× "
-                  f"(range {ratios[0]:.2f}–{ratios[-1]:.2f})")
+        for ours in (f"numba@{g}", f"numba-llamacpp-act@{g}"):
+            pairs = [(a["decode_step_tps"], b["decode_step_tps"])
+                     for a, b in zip(results[ours], results[f"{LLAMA_CPP}@{g}"])]
+            if pairs:
+                ratios = sorted(a / b for a, b in pairs)
+                print(f"- decode {ours.split('@')[0]} / llama.cpp on {Path(g).name}: median "
+                      f"{statistics.median(ratios):.2f}× (range {ratios[0]:.2f}–{ratios[-1]:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": m, "bandwidth": bws, "results": results}, indent=2))
 

@@ -22,8 +22,13 @@ Q4_K, Q6_K                 Q8_K            blocks of 256: ``iscale = -127 / max`
 
 The dot product of the rounded blocks with the weight blocks then equals ``x' @ W.T`` with
 ``x' = d * q`` up to float32 summation order, so rounding ``x`` and calling the ordinary (exact) matmul
-reproduces llama.cpp's numerics: ``from_pretrained(path, activations="llama.cpp")``. This is what
-makes pycohere agree with llama.cpp to ~1e-5 on quantized GGUF files instead of ~2e-2.
+reproduces llama.cpp's numerics: ``from_pretrained(path, activations="llama.cpp")``. That brings
+pycohere from ~1e-2 to a few 1e-3 of llama.cpp's logits on quantized GGUF files (what remains: float32
+differences of ~1e-6 upstream flip individual roundings; tests/test_llama_cpp_parity.py).
+
+The rounded blocks are also what makes integer arithmetic possible: for q8_0 / q4_0 weights the
+numba backend multiplies them with the AVX2 integer kernels of ``pycohere.quant.int8_dot`` (the
+readable twin is ``round_activations`` followed by the exact float matmul).
 """
 from __future__ import annotations
 
@@ -105,6 +110,12 @@ class LlamaCppActivations(Weight):
         return self.weight.rows(ids, dtype)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
+        if self.vec_dot_type == "q8_0" and self.weight.backend == "numba" and x.dtype == np.float32:
+            # the fast twin: integer dot products on the rounded blocks (pycohere.quant.int8_dot)
+            from .int8_dot import gemv_rounded
+            y = gemv_rounded(x.reshape(-1, x.shape[-1]), self.weight.arrays["qweight"], self.storage)
+            if y is not None:
+                return y.reshape(x.shape[:-1] + (self.shape[0],))
         return self.weight.matmul(round_activations(x, self.vec_dot_type))
 
     def __repr__(self) -> str:

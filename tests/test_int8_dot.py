@@ -1,0 +1,71 @@
+"""The integer dot-product kernels (pycohere.quant.int8_dot) against their spec: round x, then x' @ W.T."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pycohere.quant import QuantizedWeight, quantize
+from pycohere.quant import int8_dot
+from pycohere.quant.activations import LlamaCppActivations, round_q8_0
+
+pytestmark = pytest.mark.skipif(not int8_dot.AVAILABLE, reason="needs an x86-64 CPU with AVX2 and the JIT on")
+
+
+def test_this_host_has_the_kernels():
+    # The CI and development machines are AVX2 x86-64: the fast path must really be exercised there.
+    import platform
+    assert platform.machine() != "x86_64" or int8_dot.AVAILABLE
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 8), out=st.integers(1, 40), blocks=st.integers(1, 6), seed=st.integers(0, 2**31 - 1),
+       scale=st.sampled_from([1e-3, 1.0, 50.0]))
+def test_activation_codes_equal_the_spec_rounding(rows, out, blocks, seed, scale):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, 32 * blocks)) * scale).astype(np.float32)
+    x[:, :32] *= (rng.random() < 0.3)  # sometimes an all-zero block
+    q, d, sums = int8_dot.quantize_activations(x)
+    np.testing.assert_array_equal((q.reshape(rows, blocks, 32) * d[:, :, None]).reshape(rows, -1), round_q8_0(x))
+    np.testing.assert_array_equal(sums, q.reshape(rows, blocks, 32).astype(np.int32).sum(-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(scheme=st.sampled_from(int8_dot.SCHEMES), rows=st.integers(1, 8), out=st.integers(1, 40),
+       blocks=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_kernels_equal_the_spec(scheme, rows, out, blocks, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out, 32 * blocks)).astype(np.float32)
+    x = rng.standard_normal((rows, 32 * blocks)).astype(np.float32)
+    W = QuantizedWeight.from_tensor(quantize(w, scheme))
+    got = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
+    want = round_q8_0(x) @ W.dequantize().T
+    # same exact products, float32 sums in another order: a few ulp of the row's magnitudes
+    bound = 1e-5 * (np.abs(round_q8_0(x)) @ np.abs(W.dequantize()).T) + 1e-30
+    assert got.shape == want.shape and np.all(np.abs(got - want) <= bound)
+
+
+def test_non_finite_activations_poison_their_row():
+    w = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    for scheme in int8_dot.SCHEMES:
+        W = QuantizedWeight.from_tensor(quantize(w, scheme))
+        x = np.ones((3, 64), np.float32)
+        x[0, 40], x[2, 3] = np.nan, np.inf
+        y = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
+        assert np.isnan(y[0]).all() and np.isnan(y[2]).all() and np.isfinite(y[1]).all()
+        with np.errstate(invalid="ignore"):
+            assert np.isnan(round_q8_0(x[[0, 2]]) @ W.dequantize().T).all()  # the spec agrees
+
+
+def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
+    rng = np.random.default_rng(1)
+    W = QuantizedWeight.from_tensor(quantize(rng.standard_normal((16, 96)).astype(np.float32), "q4_0"),
+                                    backend="numba")
+    A = LlamaCppActivations(W, "w")
+    decode = rng.standard_normal((2, 1, 96)).astype(np.float32)
+    np.testing.assert_array_equal(A.matmul(decode), int8_dot.gemv_rounded(decode.reshape(2, 96), W.arrays["qweight"],
+                                                                           "q4_0").reshape(2, 1, 16))
+    prefill = rng.standard_normal((12, 96)).astype(np.float32)  # more rows than a GEMV: spec path
+    np.testing.assert_array_equal(A.matmul(prefill), W.matmul(round_q8_0(prefill)))
+    assert int8_dot.gemv_rounded(prefill, W.arrays["qweight"], "q4_0") is None
+    assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q4_k") is None
