@@ -71,3 +71,18 @@ def test_logits_match_llama_cpp(kind, backend, exported):
         # the emulation is what closes the gap: exact float32 activations are measurably further away
         rel_float, _ = compare(kind, backend, exported, "float32")
         assert rel < rel_float < 5e-2, (rel, rel_float)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_token_by_token_decode_matches_llama_cpp(kind, exported):
+    # One token per call: the numba backend then takes the integer kernels (pycohere.quant.int8_dot),
+    # which must land as close to llama.cpp as the rounded-activation spec does.
+    ref = np.load(HERE / f"{kind}.npz")["logits"]
+    model = pycohere.AutoModelForCausalLM.from_pretrained(gguf_path(kind, exported), backend="numba",
+                                                          activations="llama.cpp")
+    cache = pycohere.KVCache.for_model(model.config)
+    steps = [model(np.array([[t]]), past_key_values=cache, use_cache=True).logits[0, -1]
+             for t in PROV["tokens"][:len(ref)]]
+    logits = np.stack(steps)
+    assert np.abs(logits - ref).max() / np.abs(ref).max() < BARS[kind][0]
+    assert (logits.argmax(-1) == ref.argmax(-1)).all()
