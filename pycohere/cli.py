@@ -70,7 +70,8 @@ def cmd_inspect(args) -> int:
     kv_layers = c.num_hidden_layers
     print(f"\n  parameters {n_params:,} in {len(source.files)} file(s), {_human(total)} of weights "
           f"({8 * total / max(1, n_params):.2f} bits per parameter)")
-    print(f"  weights in RAM: {_human(total)} memory-mapped (float32 copy would be {_human(4 * n_params)})")
+    how = "repacked into RAM at load" if getattr(source, "method", None) in ("gptq", "awq") else "memory-mapped"
+    print(f"  weights in RAM: {_human(total)} {how} (float32 copy would be {_human(4 * n_params)})")
     print(f"  KV cache (float32): {_human(kv_per_token * kv_layers)} per token"
           + (" for full layers; sliding layers cap at their window" if getattr(c, "layer_types", None) else ""))
     return 0

@@ -284,6 +284,8 @@ def read_config_json(path) -> dict:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"config file {p} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 JSON; pass a checkpoint folder with config.json or a GGUF file") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
@@ -313,7 +315,7 @@ class AutoConfig:
     @staticmethod
     def from_pretrained(path) -> CohereConfig:
         """config.json of a checkpoint folder, or the metadata of a GGUF file (pycohere.formats)."""
-        if str(path).endswith(".gguf"):
-            from .formats import load_config
+        from .formats import gguf_file, load_config
+        if gguf_file(path) is not None:
             return load_config(path)
         return AutoConfig.from_dict(read_config_json(_config_path(path)))

@@ -26,12 +26,16 @@ A source has, in transformers' parameter names (``model.layers.0.mlp.up_proj.wei
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointNotFoundError, UnsupportedFormatError
 
 GGUF_SUFFIX = ".gguf"
+GGUF_MAGIC = b"GGUF"  # (pycohere.gguf.GGUF_MAGIC; repeated so that this module imports nothing heavy)
+# llama_split_path's "%s-%05d-of-%05d.gguf" (llama.cpp src/llama.cpp; gguf-split)
+SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 # Methods of config.json's quantization_config served by pycohere.quant.hf_formats.
 HF_QUANT_METHODS = ("bitsandbytes", "gptq", "awq")
 
@@ -53,23 +57,42 @@ class TensorInfo:
 def gguf_file(path: str | os.PathLike) -> Path | None:
     """The GGUF file to read for ``path`` (the first part of a split file), or None.
 
-    A ``.gguf`` path is used as given; a folder is a GGUF checkpoint when it holds ``.gguf`` files
-    and no safetensors (a folder holding several different models must be given as one file)."""
+    A file is GGUF when its name ends in ``.gguf`` (any case) or when it starts with the GGUF magic:
+    llama.cpp and gguf-py never look at the name, and GGUFs people already have are often unnamed
+    (Ollama keeps them as ``blobs/sha256-...``). A folder is a GGUF checkpoint when it holds
+    ``.gguf`` files and no safetensors (a folder holding several different models must be given
+    as one file)."""
     p = Path(path)
-    if p.suffix == GGUF_SUFFIX:
+    if p.suffix.lower() == GGUF_SUFFIX and not p.is_dir():  # (hub snapshots may name a folder x.gguf)
         if not p.exists():
             raise CheckpointNotFoundError(f"GGUF file {p} does not exist")
         return p
+    if p.is_file():
+        return p if _starts_with_gguf_magic(p) else None
     if not p.is_dir() or any(p.glob("*.safetensors")):
         return None
-    ggufs = sorted(p.glob("*" + GGUF_SUFFIX))
+    ggufs = sorted(g for g in p.iterdir() if g.suffix.lower() == GGUF_SUFFIX and g.is_file())
     if not ggufs:
         return None
-    firsts = [g for g in ggufs if "-of-" not in g.name or "-00001-of-" in g.name]
+    # A part of a split model is the model only when it is part 1 (llama-model-loader.cpp loads the
+    # others from part 1's name); a name that merely contains "-of-" is an ordinary file.
+    firsts = [g for g in ggufs if not (m := SPLIT_NAME.match(g.name)) or int(m["no"]) == 1]
+    if not firsts:
+        raise CheckpointNotFoundError(
+            f"{p} holds only later parts of a split GGUF model ({', '.join(g.name for g in ggufs[:4])}) but not "
+            "its first part <name>-00001-of-<count>.gguf, which holds the metadata; download every part")
     if len(firsts) != 1:
         raise UnsupportedFormatError(
             f"{p} holds several GGUF models ({', '.join(g.name for g in firsts[:4])}); pass the file to load")
     return firsts[0]
+
+
+def _starts_with_gguf_magic(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:  # unreadable: let the ordinary loader report it
+        return False
 
 
 def load_config(path: str | os.PathLike):

@@ -19,6 +19,7 @@ NumPy structured dtypes for the block layouts of ``ggml-common.h`` that pycohere
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class GGUFTensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # Python ints (a Command R+ embedding has > 2**31 values)
 
 
 class _Cursor:
@@ -213,7 +214,8 @@ class GGUFReader:
             if version.to_bytes(4, "little")[::-1] in (v.to_bytes(4, "little") for v in SUPPORTED_VERSIONS):
                 raise UnsupportedFormatError(f"{self.path}: big-endian GGUF is not supported")
             raise UnsupportedFormatError(
-                f"{self.path}: GGUF version {version} is not supported (only {SUPPORTED_VERSIONS}); "
+                f"{self.path}: GGUF version {version} is not supported (only versions "
+                f"{' and '.join(map(str, SUPPORTED_VERSIONS))}); "
                 "re-convert it with a current llama.cpp"
             )
         n_tensors = cur.u64("tensor count")
@@ -222,7 +224,7 @@ class GGUFReader:
         if (n_tensors + n_kv) * 8 > len(self._data):
             raise CorruptCheckpointError(
                 f"{self.path}: header claims {n_tensors} tensors and {n_kv} metadata entries, "
-                f"impossible in a {len(self._data)}-byte file"
+                f"impossible in a {len(self._data)}-byte file: it is truncated or damaged; re-download or re-convert it"
             )
         return version, n_tensors, n_kv
 
@@ -294,7 +296,10 @@ class GGUFReader:
 
     def _alignment(self) -> int:
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        # A BOOL is an int in Python but not an alignment: ggml's gguf.cpp reads the key with
+        # gguf_get_val_u32 (which asserts the type), and True would silently shift every tensor.
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 \
+                or alignment & (alignment - 1):
             raise CorruptCheckpointError(
                 f"{self.path}: general.alignment must be a positive power of two, got {alignment!r}"
             )
@@ -320,7 +325,7 @@ class GGUFReader:
                 f"{self.path}: tensor {name!r} of type {gtype.name} has row length {shape[0]}, "
                 f"not a multiple of its block size {gtype.block_size}"
             )
-        n_elements = int(np.prod(shape, dtype=np.float64))  # float: garbage dims must not overflow
+        n_elements = math.prod(shape)  # Python ints: exact for any dims, garbage ones included
         n_bytes = n_elements // gtype.block_size * gtype.type_size
         return GGUFTensorInfo(name, shape, gtype, offset, n_bytes)
 
@@ -334,7 +339,8 @@ class GGUFReader:
         if end > file_size:
             raise CorruptCheckpointError(
                 f"{self.path}: tensor {info.name!r} ({info.type.name}, shape {list(info.shape)}) needs bytes "
-                f"up to offset {end} but the file is {file_size} bytes long: the file is truncated"
+                f"up to offset {end} but the file is {file_size} bytes long: the file is truncated; re-download or "
+                "re-convert it"
             )
 
     # -- data access ---------------------------------------------------------------------------

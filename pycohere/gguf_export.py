@@ -41,7 +41,8 @@ Quantization uses :mod:`pycohere.quant.schemes` in row chunks (Q8_0 bit-exact wi
 llama.cpp's quantizer; Q4_0 too except on exact ties of ``x*id + 8.5``, where the scheme rounds once
 and llama.cpp 0.3.36's quantizer, like gguf-py, rounds twice: frequent with bf16 weights); a quantized source tensor already in the target type (q8_0 -> Q8_0, q4_0 -> Q4_0) is
 copied byte for byte. Everything else is read as float32 rows (``Weight.rows``, or ``os.pread``
-for safetensors) a chunk at a time, so memory stays a few chunks whatever the model size.
+for safetensors and float GGUF tensors) a chunk at a time, so memory stays a few chunks whatever
+the model size.
 
 Refused (:class:`~pycohere.errors.UnsupportedFormatError`, nothing written), because llama.cpp
 would load the file and compute something else: RoPE scaling other than the default (the
@@ -68,11 +69,9 @@ failure (disk full, bad weights, Ctrl-C) removes it. An existing DST is replaced
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +84,7 @@ import numpy as np
 
 from .errors import CheckpointError, TokenizerError, UnsupportedFormatError
 from .gguf import GGUFReader, GGUFWriter, ValueType, ggml_type, tensor_nbytes
+from .outputs import check_free_space, fsync_folder, make_parents, os_error_message, remove_folders, umask
 
 # --type -> (general.file_type: gguf-py LlamaFileType, ggml type of the weights)
 FILE_TYPES = {"f32": (0, "F32"), "f16": (1, "F16"), "bf16": (32, "BF16"), "q8_0": (7, "Q8_0"), "q4_0": (2, "Q4_0")}
@@ -138,6 +138,9 @@ class TensorPlan:
 
 
 # --- the API -------------------------------------------------------------------------------------
+WHAT = "the GGUF file"
+
+
 def convert_to_gguf(src, dst, type: str = "f16", *, force: bool = False, token_embedding_type: str | None = None,
                     name: str | None = None, progress: bool | None = None) -> Path:
     """Write the checkpoint ``src`` (folder, file or hub repo id) as the GGUF file ``dst``.
@@ -172,8 +175,8 @@ def convert_to_gguf(src, dst, type: str = "f16", *, force: bool = False, token_e
         warnings.warn(f"{dst.name} follows llama.cpp's converter, but this llama.cpp refuses to load it: "
                       + "; ".join(notes) + ". pycohere loads it.", UserWarning, stacklevel=2)
     writer = _declare(dst, metadata, plan)
-    _check_free_space(dst, writer.file_size)
-    created = _make_parents(dst.parent)
+    check_free_space(dst, writer.file_size, WHAT, CheckpointError)
+    created = make_parents(dst.parent, WHAT, CheckpointError)
     tmp = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.partial-", dir=dst.parent)
@@ -181,17 +184,16 @@ def convert_to_gguf(src, dst, type: str = "f16", *, force: bool = False, token_e
         tmp = Path(tmp_name)
         writer.path = tmp
         _write_tensors(writer, source, plan, file_type, progress)
-        os.chmod(tmp, 0o666 & ~_umask())  # (mkstemp made it 0600)
+        os.chmod(tmp, 0o666 & ~umask())  # (mkstemp made it 0600)
         os.replace(tmp, dst)
         tmp = None
-        _fsync_folder(dst.parent)
+        fsync_folder(dst.parent)
     except OSError as e:
-        raise CheckpointError(_os_error_message(e, dst)) from None
+        raise CheckpointError(os_error_message(e, dst, WHAT)) from None
     finally:
         if tmp is not None:  # any failure, including KeyboardInterrupt: leave nothing behind
             tmp.unlink(missing_ok=True)
-            for d in reversed(created):
-                _rmdir_quietly(d)
+            remove_folders(created)
     return dst
 
 
@@ -291,8 +293,9 @@ def _keep_tensor(config, source, name: str) -> bool:
     if config.model_type == "cohere2":
         if not zero:
             raise UnsupportedFormatError(
-                f"cannot convert to GGUF: bias tensor {name} is not zero; llama.cpp's cohere2 reads no attention "
-                "biases (its converter refuses them too). Run this checkpoint with pycohere instead")
+                f"cannot convert to GGUF: bias tensor {name} is not zero; llama.cpp's converter refuses non-zero "
+                "cohere2 biases (Cohere2Model.modify_tensors: its cohere2 runtime is built without them) and reads "
+                "no o_proj bias. Run this checkpoint with pycohere instead")
         return False
     return not (zero and name.endswith("o_proj.bias"))
 
@@ -308,8 +311,8 @@ def _same_matrix(source, a: str, b: str) -> bool:
 
 def row_readers(source, name: str) -> tuple[Callable, Callable | None]:
     """(floats(start, stop) -> float32 rows, stored(start, stop) -> stored ggml block rows or None)
-    of the [out, in] matrix ``name``. Safetensors are read with ``os.pread`` (pages read stay out
-    of the process's resident set); other sources through their ``Weight``."""
+    of the [out, in] matrix ``name``. Safetensors and float GGUF tensors are read with ``os.pread``
+    (pages read stay out of the process's resident set); other sources through their ``Weight``."""
     from .quant.storage import RowReader, WeightSource, array_name
     from .quant.schemes import get_scheme
     if isinstance(source, WeightSource):
@@ -325,6 +328,9 @@ def row_readers(source, name: str) -> tuple[Callable, Callable | None]:
             return cls.dequantize_blocks(packed).reshape(stop - start, -1)
         # ggml block schemes (q8_0, q4_0, ...) store the GGUF bytes themselves in qweight
         return floats, (readers["qweight"] if cls.bytes_per_block is not None else None)
+    fetch = getattr(source, "float_rows", None) and source.float_rows(name)  # a float GGUF tensor: pread too
+    if fetch is not None:
+        return fetch, None
     w = source.matrix(name, np.float32, "numpy", False)
     arrays = getattr(w, "arrays", None) or {}
 
@@ -830,71 +836,6 @@ def _check_destination(dst: Path, force: bool, source) -> None:
     if (dst.exists() or dst.is_symlink()) and not force:
         raise CheckpointError(f"{dst} already exists; pass --force (force=True) to replace it, or choose another "
                               "destination")
-
-
-def _check_free_space(dst: Path, needed: int) -> None:
-    probe = dst.parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise CheckpointError(f"the GGUF file needs {needed / 2**30:.2f} GiB but {probe} has {free / 2**30:.2f} GiB "
-                              "free; free some space or choose another destination")
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p, returning the folders it created (removed again on failure)."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    created = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            created.append(d)
-    except OSError as e:
-        for d in reversed(created):
-            _rmdir_quietly(d)
-        raise CheckpointError(_os_error_message(e, folder)) from None
-    return created
-
-
-def _rmdir_quietly(d: Path) -> None:
-    try:
-        d.rmdir()
-    except OSError:
-        pass
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX: the directory entry lives in the folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _os_error_message(e: OSError, dst: Path) -> str:
-    reason = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was reached (disk quota "
-              "or ulimit -f)", errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
-              errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a parent of it is not a folder"}.get(
-        e.errno, e.strerror or str(e))
-    where = f" ({e.filename})" if e.filename else ""
-    return (f"could not write the GGUF file {dst}: {reason}{where}; nothing was written (the partial file was "
-            f"removed); free space or choose another destination")
 
 
 # --- command line --------------------------------------------------------------------------------

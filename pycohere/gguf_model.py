@@ -76,6 +76,7 @@ tensors, no duplicates), as llama-model-loader.cpp does.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -85,13 +86,13 @@ from typing import Any
 import numpy as np
 
 from .config import Cohere2Config, CohereConfig
-from .errors import (CheckpointNotFoundError, ConfigError, CorruptCheckpointError, InputError,
+from .errors import (CheckpointNotFoundError, ConfigError, CorruptCheckpointError,
                      QuantizationError, UnsupportedFormatError)
-from .formats import TensorInfo
+from .formats import SPLIT_NAME, TensorInfo
 from .gguf import GGUFReader, GGUFTensorInfo, ValueType
 from .quant.config import QuantizationConfig
 from .quant.schemes import QuantizedTensor, array_shapes
-from .quant.storage import quantize_stream, resolve_group
+from .quant.storage import quantize_stream, read_at, resolve_group
 from .quant.weight import QuantizedWeight
 from .tensors import DenseWeight, widen
 
@@ -103,8 +104,6 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED_MATRIX_TYPES = FLOAT_TYPES + tuple(GGML_SCHEMES)
 # llama.cpp's default sliding-window pattern for cohere2 (load_swa_pattern(ml, 4) in cohere2.cpp)
 DEFAULT_SWA_PATTERN = 4
-# llama_split_path's "%s-%05d-of-%05d.gguf"
-SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 # GGUF name -> transformers name (gguf-py constants.TENSOR_NAMES / tensor_mapping.py).
 GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -184,7 +183,7 @@ class GGUFModelFile:
         m = SPLIT_NAME.match(self.path.name)
         if no != 0:
             hint = f"{m.group('prefix')}-00001-of-{count:05d}.gguf" if m else "the part with split.no = 0"
-            raise InputError(f"{self.path} is part {no + 1} of {count} of a split GGUF model; load the first "
+            raise CheckpointNotFoundError(f"{self.path} is part {no + 1} of {count} of a split GGUF model; load the first "
                              f"part, {hint} (the metadata lives there)")
         if self._split_value(first, "split.tensors.count") is None:
             raise CorruptCheckpointError(f"{self.path}: split.count = {count} but split.tensors.count is missing; "
@@ -194,7 +193,8 @@ class GGUFModelFile:
                 f"{self.path} is part 1 of a {count}-part split model but is not named "
                 f"<name>-00001-of-{count:05d}.gguf, so the other parts cannot be found: keep the names "
                 "llama.cpp's gguf-split gave the parts")
-        names = [self.path.with_name(f"{m.group('prefix')}-{i + 1:05d}-of-{count:05d}.gguf") for i in range(1, count)]
+        names = [self.path.with_name(f"{m.group('prefix')}-{i + 1:05d}-of-{count:05d}{self.path.suffix}")
+                 for i in range(1, count)]
         missing = [p.name for p in names if not p.is_file()]
         if missing:
             raise CheckpointNotFoundError(
@@ -303,6 +303,9 @@ def _architecture(gguf: GGUFModelFile) -> str:
     if arch is None:
         raise CorruptCheckpointError(f"{gguf.path}: the GGUF metadata has no 'general.architecture'; it is not a "
                                      "llama.cpp model file (or it is damaged)")
+    if not isinstance(arch, str):  # (a damaged type byte: an array or a number is not a name)
+        raise CorruptCheckpointError(f"{gguf.path}: 'general.architecture' must be a string, got {arch!r}; the file "
+                                     "is damaged: re-download or re-convert it")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedFormatError(
             f"{gguf.path}: general.architecture is {arch!r}; pycohere runs GGUF models of the architectures "
@@ -315,6 +318,7 @@ def _config_from(gguf: GGUFModelFile) -> CohereConfig:
     arch = _architecture(gguf)
     k = _Metadata(gguf, arch)
     n_layers = k.count("block_count")
+    _check_layer_count(k, gguf, n_layers)
     hidden = k.count("embedding_length")
     heads = k.count("attention.head_count", n_layers=n_layers)
     kw: dict[str, Any] = dict(
@@ -344,6 +348,22 @@ def _config_from(gguf: GGUFModelFile) -> CohereConfig:
         return cls(**kw)
     except ConfigError as e:
         raise CorruptCheckpointError(f"{gguf.path}: the GGUF metadata describes an impossible model: {e}") from None
+
+
+def _check_layer_count(k: _Metadata, gguf: GGUFModelFile, n_layers: int) -> None:
+    """block_count may not promise layers the file does not hold. Every later check is per layer
+    (pycohere.weights.expected_tensors lists 11 names per layer), so a damaged count (one flipped
+    bit makes 2 into 2**24 + 2) would otherwise take minutes and gigabytes before the manifest check
+    could say "missing". A file without tensors (llama.cpp's vocab-only models/ggml-vocab-*.gguf)
+    has only its metadata and is read as it is."""
+    if not gguf.tensors:
+        return
+    held = 1 + max((int(m.group(1)) for name in gguf.tensors if (m := _LAYER_NAME.match(name))), default=-1)
+    if n_layers > held:
+        what = f"the tensors of {held} layer(s) (blk.0 .. blk.{held - 1})" if held else "no layer tensors (blk.N.*)"
+        raise CorruptCheckpointError(
+            f"{gguf.path}: {k.key('block_count')!r} = {n_layers} but the file holds {what}; the metadata is damaged "
+            "or the file is incomplete: re-download or re-convert it")
 
 
 def _head_dim(k: _Metadata, hidden: int, heads: int) -> int | None:
@@ -526,6 +546,13 @@ class GGUFSource:
         t = self._tensors[name]
         return widen(t.raw(), t.storage, dtype)
 
+    def float_rows(self, name: str):
+        """``fetch(start, stop)`` -> float32 rows of the float (F32/F16/BF16) matrix ``name``, read with
+        ``os.pread`` so that streaming a whole model (``pycohere convert``, quantize-on-load) leaves the
+        pages in the page cache, not in this process's resident set; None for ggml-quantized tensors."""
+        t = self._tensors[name]
+        return _RowFetcher(t) if t.storage in FLOAT_TYPES else None
+
     def tensor_table(self) -> list[TensorInfo]:
         """Every logical tensor with its ggml type, bits per weight and block size."""
         rows = []
@@ -600,7 +627,7 @@ class GGUFSource:
 
         def emit(array, start, rows):
             out[array][start:start + len(rows)] = rows
-        quantize_stream(name, _RowFetcher(t), t.shape, qc.scheme, group, emit)
+        quantize_stream(name, self.float_rows(name), t.shape, qc.scheme, group, emit)
         return QuantizedTensor(qc.scheme, group, t.shape, out)
 
 
@@ -610,19 +637,13 @@ class _RowFetcher:
     def __init__(self, t: _Tensor):
         self.t = t
         self.dtype = np.dtype({"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[t.storage])
-        self.row_values = int(np.prod(t.shape[1:]))
+        self.row_values = math.prod(t.shape[1:])
         self.offset = t.file_offset()
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
-        n = (stop - start) * self.row_values * self.dtype.itemsize
-        buf = bytearray(n)
-        view, pos = memoryview(buf), self.offset + start * self.row_values * self.dtype.itemsize
-        with open(self.t.reader.path, "rb", buffering=0) as f:
-            while len(view):
-                got = os.preadv(f.fileno(), [view], pos)
-                if got == 0:
-                    raise CorruptCheckpointError(f"{self.t.reader.path} ended while reading {self.t.gguf_name}")
-                view, pos = view[got:], pos + got
+        row_bytes = self.row_values * self.dtype.itemsize
+        buf = read_at(self.t.reader.path, self.offset + start * row_bytes, (stop - start) * row_bytes,
+                      f"tensor {self.t.gguf_name!r}")
         raw = np.frombuffer(buf, dtype=self.dtype).reshape(stop - start, *self.t.shape[1:])
         return widen(raw, self.t.storage, np.float32)
 

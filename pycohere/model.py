@@ -148,7 +148,7 @@ class _Pretrained:
                         materialize: bool = False, config=None, revision: str | None = None,
                         cache_dir=None, local_files_only: bool | None = None, token=None,
                         quantization_config=None, load_in_8bit: bool = False, load_in_4bit: bool = False,
-                        activations: str = "float32", **kwargs):
+                        activations: str = "float32", gguf_file: str | None = None, **kwargs):
         """Load a checkpoint folder (config.json + safetensors, single or sharded) or a hub repo id
         (fetched into the standard hub cache; ``HF_HUB_OFFLINE=1`` uses the cache only).
 
@@ -163,10 +163,12 @@ class _Pretrained:
         activations: "float32" (exact: x @ W.T with the dequantized weights, as transformers) or
             "llama.cpp": round each matmul's input as llama.cpp's CPU backend does for the weight's
             type (8-bit blocks for quantized GGUF weights), to reproduce llama.cpp's numbers.
+        gguf_file: a GGUF file inside the folder or hub repo ``path`` (as transformers); for a repo
+            only that file (and its split parts) is downloaded.
         """
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
-        path = hub.resolve(path, revision, cache_dir, local_files_only, token)
+        path = hub.resolve(path, revision, cache_dir, local_files_only, token, gguf_file)
         config = config or load_config(path)
         if config.model_type != cls.config_class.model_type:
             raise ConfigError(f"{cls.__name__} reads model_type {cls.config_class.model_type!r}, but "
@@ -415,7 +417,8 @@ class AutoModelForCausalLM:
 
     @staticmethod
     def from_pretrained(path, **kwargs) -> CohereForCausalLM:
-        path = hub.resolve(path, *(kwargs.pop(k, None) for k in ("revision", "cache_dir", "local_files_only", "token")))
+        path = hub.resolve(path, *(kwargs.pop(k, None)
+                                   for k in ("revision", "cache_dir", "local_files_only", "token", "gguf_file")))
         config = load_config(path)
         return MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, **kwargs)
 
@@ -423,6 +426,7 @@ class AutoModelForCausalLM:
 class AutoModel:
     @staticmethod
     def from_pretrained(path, **kwargs) -> CohereModel:
-        path = hub.resolve(path, *(kwargs.pop(k, None) for k in ("revision", "cache_dir", "local_files_only", "token")))
+        path = hub.resolve(path, *(kwargs.pop(k, None)
+                                   for k in ("revision", "cache_dir", "local_files_only", "token", "gguf_file")))
         config = load_config(path)
         return BASE_MODEL_CLASSES[config.model_type].from_pretrained(path, config=config, **kwargs)

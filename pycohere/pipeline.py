@@ -146,9 +146,10 @@ def pipeline(task: str, model=None, tokenizer=None, model_kwargs: dict | None = 
         if not callable(getattr(model, "generate", None)):
             raise InputError(f"model must be a pycohere causal LM or a checkpoint path, got {type(model).__name__}")
         folder = model._checkpoint_folder() if hasattr(model, "_checkpoint_folder") else None
-        weights = getattr(getattr(getattr(model, "model", None), "checkpoint", None), "path", None)
-        if weights is not None and str(weights).endswith(".gguf"):
-            folder = Path(weights)  # a GGUF file carries its own vocabulary
+        from .gguf_model import GGUFSource
+        source = getattr(getattr(model, "model", None), "checkpoint", None)
+        if isinstance(source, GGUFSource):
+            folder = Path(source.path)  # a GGUF file carries its own vocabulary
     if tokenizer is None:
         if folder is None:
             raise TokenizerError("no tokenizer: pass tokenizer= (a CohereTokenizer or a tokenizer folder)")

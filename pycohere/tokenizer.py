@@ -130,14 +130,19 @@ class CohereTokenizer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "CohereTokenizer":
         """Load from a folder with ``tokenizer.json`` (or that file itself), or from a ``.gguf``
-        file. Keyword arguments override the files' settings (``add_bos_token=False``...)."""
-        path = Path(path)
+        file (any name; or a folder of GGUF split parts; or ``gguf_file=`` inside the folder, as
+        transformers). Keyword arguments override the files' settings (``add_bos_token=False``...)."""
+        gguf_name = kwargs.pop("gguf_file", None)
+        path = Path(path) / gguf_name if gguf_name else Path(path)
         if not path.exists():
             raise CheckpointNotFoundError(
                 f"tokenizer path does not exist: {path} (pass a folder with tokenizer.json or a .gguf file)"
             )
-        if path.is_file() and path.suffix == ".gguf":
-            return cls.from_gguf(path, **kwargs)
+        if not (path.is_dir() and (path / TOKENIZER_FILE).is_file()):
+            from .formats import gguf_file  # a GGUF file (any name) or a folder of GGUF parts
+            g = gguf_file(path)
+            if g is not None:
+                return cls.from_gguf(g, **kwargs)
         folder = path.parent if path.is_file() else path
         tokenizer_file = path if path.is_file() else path / TOKENIZER_FILE
         if not tokenizer_file.is_file():
@@ -692,7 +697,7 @@ def _backend_from_gguf_metadata(meta: dict[str, Any], source: str) -> tuple[Toke
     pairs = []
     for merge in merges:
         left, sep, right = merge.partition(" ")
-        if not sep or left not in vocab or right not in vocab:
+        if not sep or left not in vocab or right not in vocab or left + right not in vocab:
             raise TokenizerError(f"{source}: malformed merge {merge!r} (expected two vocabulary tokens split by a space)")
         pairs.append((left, right))
     backend = cohere_backend(vocab, pairs)

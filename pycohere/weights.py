@@ -253,7 +253,7 @@ def check_manifest(config, shapes: dict[str, tuple[int, ...]], where: str = "che
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"{len(items)} {label}: {shown}")
         raise WeightMismatchError(
-            f"{where} does not match its config.json ({config.model_type}, {config.num_hidden_layers} layers, "
+            f"{where} does not match its config (config.json or GGUF metadata) ({config.model_type}, {config.num_hidden_layers} layers, "
             f"hidden {config.hidden_size}): " + "; ".join(parts) +
             ". Check that config.json belongs to these weights (use_qk_norm, attention_bias, "
             "tie_word_embeddings, head counts).")

@@ -313,3 +313,31 @@ def test_garbled_counts_and_strings(tmp_path):
     path.write_bytes(data[:at] + b"\xff\xfe" + data[at + 2:])
     with pytest.raises(CorruptCheckpointError, match="not valid UTF-8"):
         GGUFReader(path)
+
+
+def test_alignment_must_be_an_integer_not_a_bool(tmp_path):
+    # True is an int to Python: read as an alignment of 1 it would shift the data section by up to
+    # 31 bytes and every tensor would silently read the wrong bytes (gguf.cpp requires a UINT32).
+    for value, vtype in ((True, ValueType.BOOL), (48, ValueType.UINT32), ("32", ValueType.STRING)):
+        path = tmp_path / "aligned.gguf"
+        w = GGUFWriter(path)
+        w.add("general.alignment", value, vtype)
+        w.add_tensor("t", np.arange(8, dtype=np.float32))
+        w.write()
+        with pytest.raises(CorruptCheckpointError, match="general.alignment must be a positive power of two"):
+            GGUFReader(path)
+
+
+def test_element_and_byte_counts_are_exact_python_ints(tmp_path):
+    # Command R+'s embedding, 256000 x 12288 = 3_145_728_000 values (> 2**31), 6_291_456_000 bytes
+    # in F16 (> 2**32): declared in a header-only file, the reader must compute both exactly and
+    # report the truncation in bytes (nothing may wrap around in 32 or 64 bits).
+    path = tmp_path / "big.gguf"
+    w = GGUFWriter(path)
+    w.add_tensor_info("token_embd.weight", (256000, 12288), "F16")
+    w.open()
+    w.abort()
+    with pytest.raises(CorruptCheckpointError, match=r"'token_embd.weight' \(F16, shape \[12288, 256000\]\) needs "
+                                                     r"bytes up to offset 62914\d{5} "):
+        GGUFReader(path)
+    assert w.file_size - 6_291_456_000 == path.stat().st_size

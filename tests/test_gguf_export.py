@@ -605,3 +605,22 @@ def test_round_trip_of_the_demo_model_and_gguf_sources(models, tmp_path):
     fa, fb = fields(q8), fields(again)
     assert {k: v for k, v in fa.items() if k.startswith(("tokenizer.", "general.sampling."))} == \
         {k: v for k, v in fb.items() if k.startswith(("tokenizer.", "general.sampling."))}
+
+
+def test_a_float_gguf_source_is_streamed_with_pread(models, tmp_path, monkeypatch):
+    """BF16 GGUF -> Q8_0 gives the bytes of BF16 safetensors -> Q8_0 (the same stored values), and the
+    float rows come from GGUFSource.float_rows (os.pread), not from the memory map through
+    Weight.rows: streaming a 200 GB file must not leave every page in the process's resident set."""
+    pytest.importorskip("pycohere.gguf_model", reason="the GGUF loader is not in this tree yet")
+    from pycohere import tensors as T
+    demo = models["demo"]
+    bf16 = convert_quietly(demo, tmp_path / "bf16.gguf", "bf16")
+    direct = convert_quietly(demo, tmp_path / "direct.gguf", "q8_0")
+
+    def no_memmap_rows(self, *args, **kwargs):
+        raise AssertionError("pycohere convert read a float GGUF tensor through the memory map")
+    monkeypatch.setattr(T.DenseWeight, "rows", no_memmap_rows)
+    via = convert_quietly(bf16, tmp_path / "via.gguf", "q8_0")
+    a, b = gguf.GGUFReader(str(direct)), gguf.GGUFReader(str(via))
+    assert [(t.name, t.tensor_type, np.asarray(t.data).tobytes()) for t in a.tensors] == \
+        [(t.name, t.tensor_type, np.asarray(t.data).tobytes()) for t in b.tensors]

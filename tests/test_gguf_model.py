@@ -26,7 +26,7 @@ import pycohere
 from pycohere.config import AutoConfig
 from pycohere.errors import (CheckpointNotFoundError, CorruptCheckpointError, InputError, QuantizationError,
                              UnsupportedFormatError, WeightMismatchError)
-from pycohere.formats import load_config, open_weights
+from pycohere.formats import gguf_file, load_config, open_weights
 from pycohere.gguf_model import GGUFSource, config_from_gguf, transformers_name
 from pycohere.quant import QuantizationConfig, get_scheme
 from pycohere.quant import kernels as QK
@@ -183,7 +183,7 @@ class TestCommittedFixtures:
         assert [f.name for f in source.files] == ["cohere2-f16-00001-of-00002.gguf", "cohere2-f16-00002-of-00002.gguf"]
         assert {r.path.name for r in source.readers} == {f.name for f in source.files}
         assert set(source.shapes) == set(expected_tensors(config))
-        with pytest.raises(InputError, match="part 2 of 2.*cohere2-f16-00001-of-00002.gguf"):
+        with pytest.raises(CheckpointNotFoundError, match="part 2 of 2.*cohere2-f16-00001-of-00002.gguf"):
             load_config(GGUF_DATA / "cohere2-f16-00002-of-00002.gguf")
 
     def test_a_folder_of_parts_loads_from_its_first_part(self, tmp_path):
@@ -192,6 +192,37 @@ class TestCommittedFixtures:
         exp = np.load(GGUF_DATA / "cohere2-f16.expected.npz")
         np.testing.assert_array_equal(_logits(tmp_path, exp["input_ids"]),
                                       _logits(GGUF_DATA / COMMITTED["cohere2-f16"], exp["input_ids"]))
+
+    def test_a_gguf_is_recognised_by_its_magic_not_only_its_name(self, tmp_path):
+        # llama.cpp never looks at the name: Ollama keeps GGUFs as blobs/sha256-<hex>, other tools
+        # write .GGUF. Before, such a path was read as config.json (a raw UnicodeDecodeError).
+        exp = np.load(GGUF_DATA / "command-r-q8_0.expected.npz")
+        want = _logits(GGUF_DATA / COMMITTED["command-r-q8_0"], exp["input_ids"])
+        for name in ("sha256-6a0746a1ec1aef3e7ec53868f220ff6e389f6f8ef87a01d77c96807de94ca2aa", "model.GGUF"):
+            blob = tmp_path / name
+            shutil.copy(GGUF_DATA / COMMITTED["command-r-q8_0"], blob)
+            assert load_config(blob).to_dict() == load_config(GGUF_DATA / COMMITTED["command-r-q8_0"]).to_dict()
+            np.testing.assert_array_equal(_logits(blob, exp["input_ids"]), want)
+            blob.unlink()
+        # a file that is neither GGUF nor named .gguf is not taken for one
+        (tmp_path / "notes.txt").write_text("GGU")
+        assert gguf_file(tmp_path / "notes.txt") is None
+
+    def test_folders_of_split_parts(self, tmp_path):
+        # only the second part: say that the first one is missing (it was "holds several GGUF models ()")
+        shutil.copy(GGUF_DATA / "cohere2-f16-00002-of-00002.gguf", tmp_path)
+        with pytest.raises(CheckpointNotFoundError, match="holds only later parts of a split GGUF model "
+                                                          "\\(cohere2-f16-00002-of-00002.gguf\\) but not its first"):
+            load_config(tmp_path)
+        # a single-file model whose name merely contains "-of-" is a model, not a later part
+        (tmp_path / "cohere2-f16-00002-of-00002.gguf").unlink()
+        shutil.copy(GGUF_DATA / COMMITTED["command-r-q8_0"], tmp_path / "best-of-both.gguf")
+        assert gguf_file(tmp_path) == tmp_path / "best-of-both.gguf"
+        assert load_config(tmp_path).model_type == "cohere"
+        folder = tmp_path / "c4ai-command-r.gguf"  # a folder named like a file is a folder
+        folder.mkdir()
+        shutil.copy(GGUF_DATA / COMMITTED["command-r-q8_0"], folder)
+        assert gguf_file(folder) == folder / COMMITTED["command-r-q8_0"]
 
     @pytest.mark.parametrize("name", sorted(COMMITTED))
     def test_tokenizer_from_gguf_equals_tokenizer_json(self, name):
@@ -426,6 +457,79 @@ def test_fused_qkv_is_served_as_row_views(G, tmp_path):
 
 
 @pytest.mark.skipif(NO_JIT, reason="model tests are not part of the plain-Python kernel run")
+def test_float_rows_are_read_with_pread(G, tmp_path):
+    """float_rows (quantize-on-load, pycohere convert) = the mapped values, also for the row ranges of a
+    fused attn_qkv, and a file cut short after opening is a named error (not a bytes-less array)."""
+    (tmp_path / "fused").mkdir()
+    path, _ = _convert(G, tmp_path / "fused", "attn_bias", fuse_qkv=True)
+    source = GGUFSource(path, config_from_gguf(path))
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight",
+                 "model.embed_tokens.weight"):
+        rows = source.shapes[name][0]
+        want = source.matrix(name, np.float32, "numpy").dequantize()
+        np.testing.assert_array_equal(source.float_rows(name)(0, rows), want)
+        np.testing.assert_array_equal(source.float_rows(name)(1, 3), want[1:3])
+    q8, _ = _convert(G, tmp_path, "attn_bias", "Q8_0")
+    assert GGUFSource(q8, config_from_gguf(q8)).float_rows("model.layers.0.mlp.up_proj.weight") is None
+    assert source.gguf_name("model.layers.0.self_attn.k_proj.weight") == "blk.0.attn_qkv.weight"
+    name = "model.layers.1.mlp.down_proj.weight"
+    t = source._tensors[name]
+    os.truncate(path, t.file_offset() + 8)  # cut inside that tensor
+    with pytest.raises(CorruptCheckpointError, match="ended at byte .* while reading tensor 'blk.1.ffn_down.weight'"):
+        source.float_rows(name)(0, source.shapes[name][0])
+
+
+@pytest.mark.skipif(NO_JIT, reason="model tests are not part of the plain-Python kernel run")
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_tensors_beyond_4_gib_of_a_sparse_command_r_plus_sized_file(tmp_path, backend):
+    """Command R+'s embedding (256000 x 12288 = 3.1e9 values, > 2**31) in F16 is 6.3 GB (> 2**32 bytes),
+    so the tensors after it start beyond 4 GiB: every offset, size and row index must be a Python int or
+    int64. A sparse file (a few written KiB) with that layout; the expected values are written by hand."""
+    from pycohere.gguf import GGUFWriter, ValueType as V
+    vocab, hidden = 256000, 12288
+    path = tmp_path / "r-plus-layout.gguf"
+    w = GGUFWriter(path)
+    w.add("general.architecture", "command-r")
+    for key, value in (("block_count", 1), ("context_length", 8), ("embedding_length", hidden),
+                       ("feed_forward_length", 64), ("attention.head_count", 96), ("attention.head_count_kv", 8)):
+        w.add(f"command-r.{key}", value, V.UINT32)
+    w.add("command-r.attention.layer_norm_epsilon", 1e-5, V.FLOAT32)
+    w.add_tensor_info("token_embd.weight", (vocab, hidden), "F16")
+    w.add_tensor_info("output_norm.weight", (hidden,), "F32")
+    w.add_tensor_info("blk.0.ffn_up.weight", (2, hidden), "Q8_0")
+    w.open()
+    last_rows = (np.arange(2 * hidden).reshape(2, hidden) % 1000 - 500).astype(np.float16)
+    w.write_tensor_data("token_embd.weight", last_rows, vocab - 2)
+    norm = np.linspace(-1, 1, hidden, dtype=np.float32)
+    w.write_tensor_data("output_norm.weight", norm)
+    blocks = np.zeros((2, hidden // 32, 34), np.uint8)  # Q8_0: f16 d = 0.5, then q = -16..15
+    blocks[..., :2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
+    blocks[..., 2:] = (np.arange(32) - 16).astype(np.int8).view(np.uint8)
+    w.write_tensor_data("blk.0.ffn_up.weight", blocks.reshape(2, -1))
+    w.abort()
+    os.truncate(path, w.file_size)
+    if path.stat().st_blocks * 512 > 64 << 20:
+        pytest.skip("this file system does not make sparse files")
+    config = config_from_gguf(path)
+    assert (config.vocab_size, config.hidden_size) == (vocab, hidden)  # the vocabulary from token_embd's rows
+    source = GGUFSource(path, config)
+    info = source.readers[0].tensors["blk.0.ffn_up.weight"]
+    assert source.readers[0].data_offset + info.offset > 2**32
+    table = {r.name: r for r in source.tensor_table()}
+    assert table["model.embed_tokens.weight"].nbytes == 2 * vocab * hidden == 6_291_456_000
+    embed = source.matrix("model.embed_tokens.weight", np.float32, backend)
+    np.testing.assert_array_equal(embed.rows(np.array([vocab - 1, vocab - 2, 0])),
+                                  np.stack([last_rows[1], last_rows[0], np.zeros(hidden)]).astype(np.float32))
+    np.testing.assert_array_equal(source.float_rows("model.embed_tokens.weight")(vocab - 2, vocab),
+                                  last_rows.astype(np.float32))
+    np.testing.assert_array_equal(source.vector("model.norm.weight", np.float32), norm)
+    up = source.matrix("model.layers.0.mlp.up_proj.weight", np.float32, backend)
+    np.testing.assert_array_equal(up.dequantize(), np.tile(0.5 * (np.arange(32) - 16), (2, hidden // 32)))
+    x = np.ones((1, hidden), np.float32)
+    np.testing.assert_array_equal(up.matmul(x), np.full((1, 2), 0.5 * -16 * (hidden // 32), np.float32))
+
+
+@pytest.mark.skipif(NO_JIT, reason="model tests are not part of the plain-Python kernel run")
 def test_quantize_on_load_of_a_float_gguf(G, tmp_path):
     path, _ = _convert(G, tmp_path, "qk_norm")
     ids = np.load(PARITY / "qk_norm" / "expected.npz")["input_ids"]
@@ -512,6 +616,30 @@ class TestErrors:
         with pytest.raises(CorruptCheckpointError, match="lacks 'cohere2.attention.sliding_window'"):
             load_config(path)
 
+    def test_damaged_block_count_and_architecture(self, G, tmp_path):
+        import gguf
+        U32 = gguf.GGUFValueType.UINT32
+        # one flipped bit (bit 16 of the u32 2) promises 65538 layers: refused from the tensor table at
+        # once, before the manifest check lists 11 names per promised layer (2**24 + 2 ran out of memory)
+        [path] = self._write(G, tmp_path, extra_kv={"command-r.block_count": (2**16 + 2, U32)})
+        for load in (load_config, pycohere.AutoModelForCausalLM.from_pretrained):
+            with pytest.raises(CorruptCheckpointError, match="'command-r.block_count' = 65538 but the file holds the "
+                                                             "tensors of 2 layer\\(s\\) \\(blk.0 .. blk.1\\)"):
+                load(path)
+        # fewer layers than the file holds is the manifest's "unexpected" (no blow-up possible)
+        [path] = self._write(G, tmp_path, extra_kv={"command-r.block_count": (1, U32)})
+        with pytest.raises(WeightMismatchError, match="unexpected: model.layers.1."):
+            pycohere.AutoModelForCausalLM.from_pretrained(path)
+        # a file without tensors (llama.cpp's vocab-only models/ggml-vocab-*.gguf) keeps its metadata config
+        [path] = G.write_gguf(tmp_path / "vocab-only.gguf", *G.read_checkpoint(PARITY / "gqa")[:1], {},
+                              extra_kv={"command-r.vocab_size": (97, U32)})
+        assert config_from_gguf(path).num_hidden_layers == AutoConfig.from_pretrained(PARITY / "gqa").num_hidden_layers
+        # general.architecture with a damaged type: an array is not a name (was a raw TypeError: unhashable)
+        arch = {"general.architecture": (["command-r"], gguf.GGUFValueType.ARRAY)}
+        [path] = self._write(G, tmp_path, extra_kv=arch)
+        with pytest.raises(CorruptCheckpointError, match="'general.architecture' must be a string, got \\['command-r"):
+            load_config(path)
+
     def test_metadata_and_tensor_shapes_disagree(self, G, tmp_path):
         import gguf
         [path] = self._write(G, tmp_path, extra_kv={"command-r.feed_forward_length": (48, gguf.GGUFValueType.UINT32)})
@@ -556,7 +684,7 @@ class TestErrors:
         with pytest.raises(CorruptCheckpointError, match="bad-00002-of-00003.gguf: split.no = 2, split.count = 3, "
                                                          "expected part 1"):
             load_config(files[0])
-        with pytest.raises(InputError, match="part 3 of 3 .*load the first part, bad-00001-of-00003.gguf"):
+        with pytest.raises(CheckpointNotFoundError, match="part 3 of 3 .*load the first part, bad-00001-of-00003.gguf"):
             load_config(files[2])
 
 

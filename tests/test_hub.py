@@ -43,3 +43,24 @@ def test_unknown_repo_offline_is_a_clear_error(tmp_path, monkeypatch):
         pycohere.AutoModelForCausalLM.from_pretrained("nobody/nothing", cache_dir=tmp_path)
     with pytest.raises(CheckpointNotFoundError, match="neither an existing file"):
         pycohere.AutoModelForCausalLM.from_pretrained("./missing/folder/here")
+
+
+def test_gguf_file_selects_one_file_of_a_gguf_repo(tmp_path, monkeypatch):
+    # Only the named GGUF (and its split parts) is fetched: never every quantization of a repo.
+    from pycohere.hub import ALLOW_PATTERNS, allow_patterns
+    assert not any(p.endswith(".gguf") for p in ALLOW_PATTERNS)
+    assert allow_patterns("m-Q4_0-00001-of-00003.gguf")[-2:] == ["m-Q4_0-00001-of-00003.gguf", "m-Q4_0-*-of-00003.gguf"]
+    repo = tmp_path / "hub" / ("models--" + REPO.replace("/", "--"))
+    snap = repo / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    for f in (DATA / "gguf").glob("*.gguf"):
+        shutil.copy(f, snap / f.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = pycohere.AutoModelForCausalLM.from_pretrained(REPO, cache_dir=tmp_path / "hub",
+                                                          gguf_file="cohere2-f16-00001-of-00002.gguf")
+    local = pycohere.AutoModelForCausalLM.from_pretrained(DATA / "gguf" / "cohere2-f16-00001-of-00002.gguf")
+    np.testing.assert_array_equal(model([[5, 17, 33]]).logits, local([[5, 17, 33]]).logits)
+    tok = pycohere.CohereTokenizer.from_pretrained(snap, gguf_file="command-r-q8_0.gguf")
+    assert tok.encode("Hello") == pycohere.CohereTokenizer.from_pretrained(DATA / "gguf" / "command-r-q8_0.gguf").encode("Hello")

@@ -11,7 +11,6 @@ folder is removed and DST is untouched. Python API: :func:`quantize_checkpoint`.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from ..config import AutoConfig
 from ..errors import QuantizationError
+from ..outputs import check_free_space, make_parents, os_error_message, remove_folders, umask
 from ..weights import INDEX_NAME, PICKLE_SUFFIXES, Checkpoint, check_manifest, expected_tensors
 from .config import QUANT_METHOD, QuantizationConfig, quantizable_schemes
 from .schemes import FORMAT_VERSION, array_shapes
@@ -31,6 +31,9 @@ from .storage import (STORAGE_VERSION, RowReader, SafetensorsWriter, TensorSpec,
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' save_pretrained default ("5GB")
 _MARKERS = ("config.json", INDEX_NAME)  # a folder holding one of these (or *.safetensors) is a checkpoint
+
+
+WHAT = "the quantized checkpoint"
 
 
 def quantize_checkpoint(src, dst, scheme: str = "int8", group_size: int | None = None,
@@ -55,9 +58,9 @@ def quantize_checkpoint(src, dst, scheme: str = "int8", group_size: int | None =
     jobs = _plan(ckpt, config, qc)
     _check_destination(src, dst, force)
     shards = plan_shards([specs for _, _, specs in jobs], max_shard_size)
-    _check_free_space(dst, sum(s.nbytes for specs in shards for s in specs))
+    check_free_space(dst, sum(s.nbytes for specs in shards for s in specs), WHAT, QuantizationError)
 
-    created = _make_parents(dst.parent)
+    created = make_parents(dst.parent, WHAT, QuantizationError)
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
@@ -67,12 +70,11 @@ def quantize_checkpoint(src, dst, scheme: str = "int8", group_size: int | None =
         _replace(tmp, dst)
         tmp = None
     except OSError as e:
-        raise QuantizationError(_os_error_message(e, dst)) from None
+        raise QuantizationError(os_error_message(e, dst, WHAT)) from None
     finally:
         if tmp is not None:  # any failure, including KeyboardInterrupt: leave nothing behind
             shutil.rmtree(tmp, ignore_errors=True)
-            for d in reversed(created):
-                _rmdir_quietly(d)
+            remove_folders(created)
     return dst
 
 
@@ -120,50 +122,6 @@ def _check_destination(src: Path, dst: Path, force: bool) -> None:
     if dst.is_dir() and not dst.is_symlink() and any(dst.iterdir()) and not _is_checkpoint_folder(dst):
         raise QuantizationError(f"{dst} is a non-empty folder that does not look like a checkpoint (no config.json "
                                 "or safetensors); refusing to replace it even with --force")
-
-
-def _check_free_space(dst: Path, needed: int) -> None:
-    probe = dst.parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise QuantizationError(f"the quantized checkpoint needs {needed / 2**30:.2f} GiB but {probe} has "
-                                f"{free / 2**30:.2f} GiB free; free some space or choose another destination")
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p, returning the folders it created (removed again on failure)."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    created = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            created.append(d)
-    except OSError as e:
-        for d in reversed(created):
-            _rmdir_quietly(d)
-        raise QuantizationError(_os_error_message(e, folder)) from None
-    return created
-
-
-def _rmdir_quietly(d: Path) -> None:
-    try:
-        d.rmdir()
-    except OSError:
-        pass
-
-
-def _os_error_message(e: OSError, dst: Path) -> str:
-    reason = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was reached (disk quota "
-              "or ulimit -f)", errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
-              errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or str(e))
-    where = f" ({e.filename})" if e.filename else ""
-    return (f"could not write the quantized checkpoint {dst}: {reason}{where}; nothing was written "
-            f"(the partial output was removed); free space or choose another destination")
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -261,13 +219,7 @@ def _replace(tmp: Path, dst: Path) -> None:
         else:
             target.unlink()
             old.rmdir()
-    os.chmod(dst, 0o777 & ~_umask())  # (mkdtemp made it 0700)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    os.chmod(dst, 0o777 & ~umask())  # (mkdtemp made it 0700)
 
 
 # --- command line ----------------------------------------------------------------------------------

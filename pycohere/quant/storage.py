@@ -175,6 +175,23 @@ def _data_offsets(path: str, mtime_ns: int) -> dict[str, int]:
     return {k: 8 + n + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
 
 
+def read_at(path: str | os.PathLike, offset: int, nbytes: int, what: str) -> bytearray:
+    """``nbytes`` bytes of the file at ``offset`` (Python ints: 64-bit safe), read with ``os.preadv``
+    into one buffer; CorruptCheckpointError naming ``what`` when the file ends first (it was
+    truncated after it was opened). Shared by every streaming reader (safetensors, GGUF)."""
+    buf = bytearray(nbytes)
+    view, pos = memoryview(buf), offset
+    with open(path, "rb", buffering=0) as f:
+        while len(view):
+            got = os.preadv(f.fileno(), [view], pos)
+            if got == 0:
+                raise CorruptCheckpointError(
+                    f"{path} ended at byte {pos} while reading {what} (bytes {offset}..{offset + nbytes}); "
+                    "the file was truncated or replaced while in use: re-download it")
+            view, pos = view[got:], pos + got
+    return buf
+
+
 class RowReader:
     """fetch(start, stop) -> float32 rows of a float tensor, read with ``os.pread``.
 
@@ -189,15 +206,8 @@ class RowReader:
 
     def raw(self, start: int, stop: int) -> np.ndarray:
         """Rows as stored (bf16 as uint16 bits)."""
-        n = (stop - start) * self.row_values * self.itemsize
-        buf = bytearray(n)
-        view, pos = memoryview(buf), self.offset + start * self.row_values * self.itemsize
-        with open(self.ref.file, "rb", buffering=0) as f:
-            while len(view):
-                got = os.preadv(f.fileno(), [view], pos)
-                if got == 0:
-                    raise CorruptCheckpointError(f"{self.ref.file} ended while reading {self.ref.name}")
-                view, pos = view[got:], pos + got
+        row_bytes = self.row_values * self.itemsize
+        buf = read_at(self.ref.file, self.offset + start * row_bytes, (stop - start) * row_bytes, self.ref.name)
         dtype = SAFETENSORS_DTYPES[self.ref.dtype]
         return np.frombuffer(buf, dtype=dtype).reshape((stop - start,) + tuple(self.ref.shape[1:]))
 
