@@ -105,27 +105,36 @@ def gemv_int4(xe, xo, xsum, q, scales, mins, symmetric):
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_nf4(xe, xo, q, scales, table):
     """bitsandbytes order: element 2j is the HIGH nibble of byte j; w = table[n] * absmax.
-    (The table lookups become vector gathers: slower than the integer schemes.)"""
+
+    A code-book lookup inside the dot product becomes a vector gather (measured 0.27x bf16). Instead
+    each output row is first dequantized into a row buffer with scalar lookups in two 256-entry byte
+    tables (high and low nibble values), then multiplied by x in a plain vectorised loop: 1.5-1.7x
+    faster (0.42-0.46x bf16 on 4096x4096 and 5632x2048, AVX2), still bound by the lookups."""
     R, h = xe.shape
     ng = scales.shape[1]
     H = h // ng
     O = q.shape[0]
+    high = np.empty(256, dtype=np.float32)
+    low = np.empty(256, dtype=np.float32)
+    for v in range(256):
+        high[v] = table[v >> 4]
+        low[v] = table[v & 15]
     y = np.empty((R, O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
-        lanes = np.empty(H, dtype=np.float32)
+        we = np.empty(h, dtype=np.float32)  # row o's even / odd elements, dequantized
+        wo = np.empty(h, dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for r in range(R):
-                lanes[:] = 0.0
-                for g in range(ng):
-                    b = g * H
-                    s = scales[o, g]
-                    for j in range(H):
-                        v = np.int32(q[o, b + j])
-                        lanes[j] += s * (xe[r, b + j] * table[v >> np.int32(4)]
-                                         + xo[r, b + j] * table[v & np.int32(15)])
-                t = np.float32(0.0)
+            for g in range(ng):
+                s = scales[o, g]
+                b = g * H
                 for j in range(H):
-                    t += lanes[j]
+                    v = q[o, b + j]
+                    we[b + j] = high[v] * s
+                    wo[b + j] = low[v] * s
+            for r in range(R):
+                t = np.float32(0.0)
+                for j in range(h):
+                    t += xe[r, j] * we[j] + xo[r, j] * wo[j]
                 y[r, o] = t
     return y
 
