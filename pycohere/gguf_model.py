@@ -4,7 +4,10 @@
 :class:`~pycohere.config.Cohere2Config` with transformers' field names, and ``GGUFSource`` serves the
 tensors under transformers' parameter names (the weight-source interface of :mod:`pycohere.formats`),
 zero-copy from the memory map: float matrices as ``DenseWeight`` over the F32/F16/BF16 view, ggml
-blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) as ``QuantizedWeight`` over ``raw_bytes(name).reshape(out, -1)``.
+blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) as ``QuantizedWeight``
+over ``raw_bytes(name).reshape(out, -1)``. Q5_0, Q5_1, Q2_K, Q3_K and Q5_K have no GEMV kernel: their
+matmuls (decode included) multiply dequantized tiles with BLAS (Numba dequantizers in
+pycohere.quant.kquant_kernels, the NumPy spec with ``backend="numpy"``).
 Sources read in llama.cpp (the tree bundled with llama-cpp-python 0.3.36): ``src/llama-arch.cpp``
 (key names), ``src/llama-model.cpp`` (``load_hparams``, ``llama_model_rope_type``),
 ``src/models/command-r.cpp`` and ``src/models/cohere2.cpp`` (per-arch hparams, tensors, graph),
@@ -99,7 +102,8 @@ from .tensors import DenseWeight, widen
 #: general.architecture -> transformers model_type
 SUPPORTED_ARCHITECTURES = {"command-r": "cohere", "cohere2": "cohere2"}
 #: ggml block types read as pycohere quantization schemes (same bytes, see pycohere.quant.schemes)
-GGML_SCHEMES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q4_K": "q4_k", "Q6_K": "q6_k"}
+GGML_SCHEMES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1",
+                "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED_MATRIX_TYPES = FLOAT_TYPES + tuple(GGML_SCHEMES)
 # llama.cpp's default sliding-window pattern for cohere2 (load_swa_pattern(ml, 4) in cohere2.cpp)
@@ -651,6 +655,7 @@ class _RowFetcher:
 __all__ = ["GGUFModelFile", "GGUFSource", "config_from_gguf", "transformers_name", "SUPPORTED_ARCHITECTURES",
            "GGML_SCHEMES"]
 
-# Registers the Numba kernels of q4_k / q6_k (quantize.kernels.register_kernels) before any GGUF weight
-# is used; the other GGUF schemes' kernels live in pycohere.quant.kernels itself.
+# Registers the Numba kernels of q4_k / q6_k and the dequantizers of q5_0 / q5_1 / q2_k / q3_k / q5_k
+# (quantize.kernels.register_kernels) before any GGUF weight is used; the other GGUF schemes' kernels
+# live in pycohere.quant.kernels itself.
 from .quant import kquant_kernels  # noqa: E402,F401

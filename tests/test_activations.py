@@ -66,3 +66,12 @@ def test_from_pretrained_validates_the_option():
     bf16 = pycohere.AutoModelForCausalLM.from_pretrained(pycohere.DEMO_MODEL, activations="llama.cpp")
     assert isinstance(bf16.params["layers"][0]["q_proj"], LlamaCppActivations)
     assert bf16.params["layers"][0]["q_proj"].vec_dot_type == "bf16"
+
+
+def test_every_gguf_block_type_has_its_llama_cpp_vec_dot_type():
+    # ggml-cpu.c type_traits_cpu: 32-value blocks dot with Q8_0 (Q8_1 for the *_1 types, same rounding),
+    # k-quants with Q8_K.
+    from pycohere.gguf_model import GGML_SCHEMES
+    from pycohere.quant.activations import VEC_DOT_TYPE
+    for ggml, scheme in GGML_SCHEMES.items():
+        assert VEC_DOT_TYPE[scheme] == ("q8_k" if ggml.endswith("_K") else "q8_0"), ggml

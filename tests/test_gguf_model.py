@@ -1,5 +1,5 @@
 """GGUF models (llama.cpp) of the command-r / cohere2 architectures: pycohere.gguf_model and the
-q4_k / q6_k kernels of pycohere.quant.kquant_kernels.
+q4_k / q6_k kernels (and q5_0 / q5_1 / q2_k / q3_k / q5_k dequantizers) of pycohere.quant.kquant_kernels.
 
 Oracles:
 * committed fixtures (tests/data/gguf, tools/make_gguf_fixtures.py): gguf-py wrote the files from tiny
@@ -140,6 +140,58 @@ def test_kquant_nan_in_x_propagates(scheme):
     x[1, 100] = np.nan
     got = QK.quantized_matmul(x, q)
     assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+
+
+# --- q5_0 / q5_1 / q2_k / q3_k / q5_k: Numba dequantizers (tiles for BLAS) against the NumPy spec ----------
+# ("kquant" in the test names: they are part of the NUMBA_DISABLE_JIT re-run below)
+NEW_F16_FIELDS = {"q5_0": (0,), "q5_1": (0, 2), "q2_k": (80, 82), "q3_k": (108,), "q5_k": (0, 2)}
+
+
+def _new_type_tensor(rng, scheme: str, rows: int, n_blocks: int) -> QuantizedTensor:
+    """Random block bytes with finite f16 fields of random magnitude (random bytes can be NaN/inf)."""
+    cls = get_scheme(scheme)
+    raw = rng.integers(0, 256, size=(rows, n_blocks, cls.bytes_per_block), dtype=np.uint8)
+    for off in NEW_F16_FIELDS[scheme]:
+        d = rng.uniform(-1, 1, (rows, n_blocks)) * np.exp(rng.uniform(-12, 0, (rows, 1)))
+        raw[:, :, off:off + 2] = d.astype(np.float16).view(np.uint8).reshape(rows, n_blocks, 2)
+    return QuantizedTensor.from_arrays({"qweight": raw.reshape(rows, -1)},
+                                       {"scheme": scheme, "group_size": cls.block_size,
+                                        "shape": [rows, cls.block_size * n_blocks]})
+
+
+@pytest.mark.parametrize("scheme", sorted(NEW_F16_FIELDS))
+@settings(max_examples=3 if NO_JIT else 15, deadline=None)
+@given(out_dim=st.integers(1, 3 if NO_JIT else 20), n_blocks=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_kquant_new_types_dequantize_is_bit_identical_to_the_spec(scheme, out_dim, n_blocks, seed):
+    rng = np.random.default_rng(seed)
+    q = _new_type_tensor(rng, scheme, out_dim, n_blocks)
+    assert scheme in QK.DEQUANT_KERNELS  # registered by pycohere.quant.kquant_kernels
+    spec = q.dequantize()
+    np.testing.assert_array_equal(QK.dequantize_rows(q, slice(0, out_dim)).view(np.uint32), spec.view(np.uint32))
+    ids = rng.integers(0, out_dim, size=(2, 3))
+    np.testing.assert_array_equal(QK.quantized_rows(q, ids).view(np.uint32), spec[ids].view(np.uint32))
+
+
+@pytest.mark.parametrize("scheme", sorted(NEW_F16_FIELDS))
+@settings(max_examples=2 if NO_JIT else 8, deadline=None)
+@given(rows=st.integers(1, 12), out_dim=st.integers(1, 3 if NO_JIT else 30),
+       tile=st.sampled_from([256, 1000, 1 << 22]), seed=st.integers(0, 2**32 - 1))
+def test_kquant_new_types_matmul_through_tiles_equals_spec(scheme, rows, out_dim, tile, seed):
+    # decode (no GEMV for these types) and prefill both multiply dequantized tiles with BLAS: float32
+    # accumulation error below (in + 8) eps sum |x_j| |w_j| per output (times 4 for slack)
+    rng = np.random.default_rng(seed)
+    q = _new_type_tensor(rng, scheme, out_dim, 2)
+    x = rng.standard_normal((rows, q.shape[1])).astype(np.float32)
+    assert QK._gemv(x, q.arrays, scheme) is None
+    saved, QK.TILE_ELEMENTS = QK.TILE_ELEMENTS, tile  # small tiles: several dequantize + BLAS calls
+    try:
+        got = QK.quantized_matmul(x, q)
+    finally:
+        QK.TILE_ELEMENTS = saved
+    w = q.dequantize().astype(np.float64)
+    assert got.shape == (rows, out_dim) and got.dtype == np.float32
+    bound = 4 * (q.shape[1] + 8) * EPS * (np.abs(x).astype(np.float64) @ np.abs(w).T) + 1e-37
+    assert (np.abs(got - x.astype(np.float64) @ w.T) <= bound).all()
 
 
 @pytest.mark.skipif(NO_JIT, reason="this is the launcher of the NUMBA_DISABLE_JIT run itself")
@@ -398,6 +450,79 @@ def test_kquant_gguf_logits_equal_the_dequantized_oracle(G, tmp_path, model_type
                                   .generate(ids[:1], max_new_tokens=4, do_sample=False))
 
 
+# Q5_0 / Q5_1 / Q2_K / Q3_K / Q5_K (llama-quantize's Q5_0, Q5_1, Q2_K, Q3_K_M, Q4_K_S, Q5_K_M files): no Numba
+# kernels, so they run through the scheme's NumPy dequantizer per tile. Random block bytes with finite f16
+# fields of a magnitude that keeps the weights about 0.05 (offset: magnitude; ggml-common.h layouts).
+NEW_GGML_F16 = {"Q5_0": {0: 3e-3}, "Q5_1": {0: 3e-3, 2: 5e-2}, "Q2_K": {80: 2e-3, 82: 2e-3},
+                "Q3_K": {108: 5e-4}, "Q5_K": {0: 3e-5, 2: 5e-4}}
+
+
+def _new_type_blocks(rng, rows: int, cols: int, qtype: str) -> np.ndarray:
+    import gguf
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+    blocks = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    for off, mag in NEW_GGML_F16[qtype].items():
+        d = rng.uniform(-mag, mag, blocks.shape[:2]).astype(np.float16)
+        blocks[:, :, off:off + 2] = d.view(np.uint8)[..., None].reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(rows, -1)
+
+
+def _new_type_model(G, tmp_path, types: dict[str, str], seed=0):
+    """KQ_CONFIG with matrices of the given ggml types (``types``: name fragment -> type; others Q8_0)."""
+    rng = np.random.default_rng(seed)
+    tensors, raw = {}, {}
+    for name, shape in expected_tensors(AutoConfig.from_dict(KQ_CONFIG)).items():
+        tensors[name] = (1 + 0.2 * (rng.random(shape) - 0.5) if "norm" in name
+                         else 0.05 * rng.standard_normal(shape)).astype(np.float32)
+        kind = next((t for k, t in types.items() if f"{k}." in name), None)
+        if kind is not None and "norm" not in name:
+            raw[name] = (_new_type_blocks(rng, *shape, kind), kind)
+    return G.write_gguf(tmp_path / "new-types.gguf", KQ_CONFIG, tensors, "Q8_0", raw=raw)
+
+
+@pytest.mark.skipif(NO_JIT, reason="model tests are not part of the plain-Python kernel run")
+@pytest.mark.parametrize("qtype", sorted(NEW_GGML_F16))
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_q5_q3_q2_gguf_logits_equal_the_dequantized_oracle(G, tmp_path, qtype, backend):
+    # every matrix (embedding and head included) of qtype but layer 1's down_proj (Q8_0)
+    files = _new_type_model(G, tmp_path, {k: qtype for k in KQ_TYPES if k != "down_proj"} |
+                            {"layers.0.mlp.down_proj": qtype})
+    oracle = _oracle_folder(G, tmp_path, files, KQ_CONFIG)
+    ids = np.random.default_rng(3).integers(7, 97, size=(2, 9))
+    model = pycohere.AutoModelForCausalLM.from_pretrained(files[0], backend=backend)
+    storages = {p.storage for p in model.model.params["layers"][0].values() if hasattr(p, "storage")}
+    assert storages == {qtype.lower()}
+    assert model.model.params["layers"][1]["down_proj"].storage == "q8_0"
+    out, ref = model(ids).logits, _logits(oracle, ids, backend)
+    assert np.abs(ref).max() > 0.1 and _rel(out, ref) <= 1e-4
+    np.testing.assert_array_equal(model.generate(ids[:1], max_new_tokens=3, do_sample=False),
+                                  pycohere.AutoModelForCausalLM.from_pretrained(oracle, backend=backend)
+                                  .generate(ids[:1], max_new_tokens=3, do_sample=False))
+
+
+@pytest.mark.skipif(NO_JIT, reason="model tests are not part of the plain-Python kernel run")
+def test_q5_q3_q2_tensor_table_views_and_inspect(G, tmp_path):
+    types = {"q_proj": "Q5_0", "k_proj": "Q5_1", "v_proj": "Q2_K", "o_proj": "Q3_K", "gate_proj": "Q5_K"}
+    [path] = _new_type_model(G, tmp_path, types)
+    source = GGUFSource(path, config_from_gguf(path))
+    table = {r.name: r for r in source.tensor_table()}
+    # bits per weight = 8 * bytes / values: 22/32, 24/32, 84/256, 110/256, 176/256 (ggml-common.h)
+    expected = {"q_proj": ("Q5_0", 5.5, 32, 22), "k_proj": ("Q5_1", 6.0, 32, 24), "v_proj": ("Q2_K", 2.625, 256, 84),
+                "o_proj": ("Q3_K", 3.4375, 256, 110), "gate_proj": ("Q5_K", 5.5, 256, 176)}
+    for proj, (storage, bpw, block, size) in expected.items():
+        name = next(n for n in table if n.startswith("model.layers.0.") and f"{proj}." in n)
+        r = table[name]
+        assert (r.storage, r.bits_per_weight, r.block_size) == (storage, bpw, block)
+        assert r.nbytes == r.shape[0] * r.shape[1] // block * size
+        w = source.matrix(name, np.float32, "numpy")
+        assert w.storage == storage.lower()
+        assert np.shares_memory(w.arrays["qweight"], source.readers[0].raw_bytes(source.gguf_name(name)))
+    r = _cli("inspect", str(path))
+    assert r.returncode == 0, r.stderr
+    for storage, bpw in (("Q5_0", "5.50"), ("Q5_1", "6.00"), ("Q2_K", "2.62"), ("Q3_K", "3.44"), ("Q5_K", "5.50")):
+        assert any(f" {storage} " in line and f" {bpw} " in line for line in r.stdout.splitlines()), (storage, r.stdout)
+
+
 @pytest.mark.skipif(NO_JIT, reason="model tests are not part of the plain-Python kernel run")
 def test_tensor_table_and_zero_copy_views(G, tmp_path):
     cfg, files = _kquant_model(G, tmp_path)
@@ -653,7 +778,7 @@ class TestErrors:
         [path] = self._write(G, tmp_path, raw=raw)
         with pytest.raises(UnsupportedFormatError,
                            match="'blk.1.ffn_up.weight' \\(model.layers.1.mlp.up_proj.weight\\) is stored as IQ4_NL"
-                                 ".*F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"):
+                                 ".*F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"):
             pycohere.AutoModelForCausalLM.from_pretrained(path)
         raw = {"model.norm.weight": (G.random_blocks(rng, 1, 32, "Q8_0").reshape(-1), "Q8_0")}
         [path] = self._write(G, tmp_path, raw=raw)

@@ -1,7 +1,7 @@
 """pycohere.quant: the NumPy spec of every quantization scheme.
 
 Expected values come from (a) hand derivations written next to each case, (b) the oracles
-gguf-py (Q8_0/Q4_0/Q4_1 quantize, Q4_K/Q6_K dequantize) and bitsandbytes (NF4), live when
+gguf-py (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 quantize, every GGUF type dequantize) and bitsandbytes (NF4), live when
 installed and through fixtures recorded by tools/make_quant_fixtures.py otherwise, and (c) the
 error bounds that follow from round-to-nearest, checked with hypothesis.
 """
@@ -18,14 +18,17 @@ from hypothesis.extra import numpy as hnp
 
 from conftest import DATA
 from pycohere.errors import CorruptCheckpointError, QuantizationError, UnsupportedFormatError
-from pycohere.quant import (NF4_TABLE, SCHEMES, QuantizedTensor, QuantizedWeight, array_shapes,
-                            dequantize, get_scheme, quantize)
+from pycohere.quant import (NF4_TABLE, SCHEMES, QuantizationConfig, QuantizedTensor, QuantizedWeight,
+                            array_shapes, dequantize, get_scheme, quantize)
 from pycohere.quant.schemes import NF4_MIDPOINTS, unpack_nibbles
 from pycohere.tensors import DenseWeight, Weight
 
 QUANT = DATA / "quant"
 OWN = ("int8", "int4", "int4-asym", "nf4")
-GGUF_QUANTIZABLE = ("q8_0", "q4_0", "q4_1")
+GGUF_QUANTIZABLE = ("q8_0", "q4_0", "q4_1")  # with recorded fixtures; q5_0 / q5_1 are checked live
+#: ggml types pycohere reads -> byte offsets of their f16 scale fields (random bytes there could be NaN/inf)
+GGML_F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q2_k": (80, 82),
+                   "q3_k": (108,), "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
 TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -41,11 +44,17 @@ def same_bytes(a: QuantizedTensor, b: QuantizedTensor) -> bool:
 
 # --- registry and class attributes ------------------------------------------------------------
 def test_registry_and_block_attributes():
-    assert sorted(SCHEMES) == ["bnb-int8", "fp4", "int4", "int4-asym", "int8", "nf4", "q4_0", "q4_1", "q4_k", "q6_k", "q8_0"]
+    assert sorted(SCHEMES) == ["bnb-int8", "fp4", "int4", "int4-asym", "int8", "nf4", "q2_k", "q3_k", "q4_0",
+                               "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0"]
     # ggml-common.h: block_q8_0 = f16 + 32 i8 = 34 B; q4_0 = f16 + 16 B = 18; q4_1 = 2 f16 + 16 = 20;
-    # q4_K = 2 f16 + 12 + 128 = 144 per 256; q6_K = 128 + 64 + 16 + f16 = 210 per 256.
+    # q5_0 = f16 + 4 B qh + 16 B = 22; q5_1 = 2 f16 + 4 + 16 = 24;
+    # q2_K = 16 B scales + 64 B qs + 2 f16 = 84 per 256; q3_K = 32 hmask + 64 qs + 12 + f16 = 110;
+    # q4_K = 2 f16 + 12 + 128 = 144 per 256; q5_K = 2 f16 + 12 + 32 qh + 128 = 176;
+    # q6_K = 128 + 64 + 16 + f16 = 210 per 256.
     expected = {"q8_0": (32, 34, 8.5), "q4_0": (32, 18, 4.5), "q4_1": (32, 20, 5.0),
-                "q4_k": (256, 144, 4.5), "q6_k": (256, 210, 6.5625)}
+                "q5_0": (32, 22, 5.5), "q5_1": (32, 24, 6.0), "q2_k": (256, 84, 2.625),
+                "q3_k": (256, 110, 3.4375), "q4_k": (256, 144, 4.5), "q5_k": (256, 176, 5.5),
+                "q6_k": (256, 210, 6.5625)}
     for name, (block, nbytes, bpw) in expected.items():
         cls = get_scheme(name)
         assert (cls.block_size, cls.bytes_per_block, cls.block_nbytes(block)) == (block, nbytes, nbytes)
@@ -59,6 +68,8 @@ def test_registry_and_block_attributes():
     assert [get_scheme(n).bits for n in ("int8", "int4", "nf4", "q6_k")] == [8, 4, 4, 6]
     assert get_scheme("int8").block_size is None  # per output channel by default
     assert not get_scheme("q4_k").can_quantize and get_scheme("q4_0").can_quantize
+    assert [get_scheme(n).can_quantize for n in ("q5_0", "q5_1", "q2_k", "q3_k", "q5_k")] == [True, True] + [False] * 3
+    assert [get_scheme(n).bits for n in ("q5_0", "q5_1", "q2_k", "q3_k", "q5_k")] == [5, 5, 2, 3, 5]
     with pytest.raises(TypeError):
         get_scheme("int8")()
 
@@ -182,6 +193,30 @@ def test_q4_0_hand_derived_sign_and_truncation():
     assert deq[1, :2].tolist() == [0.5, -0.4375]
 
 
+def test_q5_0_and_q3_k_hand_derived_bit_layout():
+    # Q5_0 (ggml-quants.c dequantize_row_q5_0): d = 0.5; qh = 0x80010001 (little endian) sets bit 4 of
+    # elements 0, 16 and 31; qs[0] = 0x21: element 0 low nibble 1, element 16 high nibble 2. So n[0] = 17,
+    # n[16] = 18, n[31] = 16, every other n = 0; w = (n - 16) * d.
+    block = np.zeros((1, 22), np.uint8)
+    block[0, 0:2] = np.array([0.5], np.float16).view(np.uint8)
+    block[0, 2:6] = [0x01, 0x00, 0x01, 0x80]
+    block[0, 6] = 0x21
+    expected = np.full(32, -8.0, np.float32)
+    expected[[0, 16, 31]] = [0.5, 1.0, 0.0]
+    np.testing.assert_array_equal(get_scheme("q5_0").dequantize_blocks({"qweight": block})[0], expected)
+    # Q3_K (dequantize_row_q3_K): d = 1 (bytes 108-109). Scales: byte 0 = 1 (sub-block 0, low nibble) and
+    # byte 8 = 2 (its top bits: 1 | 2 << 4 = 33 -> 33 - 32 = 1); every other 6-bit scale is 0 -> -32.
+    # qs[0] = 3 gives element 0 the code 3 and hmask[0] bit 0 keeps it (a clear bit subtracts 4): all
+    # other codes are 0 - 4. So element 0: 1 * 3; elements 1..15: 1 * -4; the rest: -32 * -4 = 128.
+    block = np.zeros((1, 110), np.uint8)
+    block[0, 108:110] = np.array([1.0], np.float16).view(np.uint8)
+    block[0, 96], block[0, 104], block[0, 32], block[0, 0] = 1, 2, 3, 1
+    expected = np.full(256, 128.0, np.float32)
+    expected[:16] = -4.0
+    expected[0] = 3.0
+    np.testing.assert_array_equal(get_scheme("q3_k").dequantize_blocks({"qweight": block})[0], expected)
+
+
 def test_q4_0_rounds_twice_like_llama_cpp():
     # ggml's quantize_row_q4_0_ref: x0 = x*id (float32), code = (int8_t)(x0 + 8.5f) (float32 again).
     # llama.cpp's quantizer (llama-cpp-python 0.3.36 built here) produced exactly these two-rounding
@@ -233,7 +268,7 @@ def random_weights(seed: int, shape=(48, 256)) -> np.ndarray:
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize("scheme", GGUF_QUANTIZABLE)
+@pytest.mark.parametrize("scheme", GGUF_QUANTIZABLE + ("q5_0", "q5_1"))
 def test_gguf_quantize_matches_live_gguf(scheme):
     gguf = pytest.importorskip("gguf", reason="gguf (PyPI) is the optional oracle for ggml blocks")
     qtype = getattr(gguf.GGMLQuantizationType, scheme.upper())
@@ -246,18 +281,27 @@ def test_gguf_quantize_matches_live_gguf(scheme):
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize("scheme,offsets", [("q4_k", (0, 2)), ("q6_k", (208,))])
-def test_kquant_dequantize_matches_live_gguf(scheme, offsets):
+@pytest.mark.parametrize("scheme", sorted(GGML_F16_FIELDS))
+def test_ggml_dequantize_of_random_blocks_matches_live_gguf(scheme):
+    # Every block byte random (so every code, scale and min bit pattern occurs), except finite f16
+    # fields of random magnitude; bit-exact (compared as uint32) against gguf-py on several shapes.
     gguf = pytest.importorskip("gguf", reason="gguf (PyPI) is the optional oracle for ggml blocks")
     cls = get_scheme(scheme)
+    qtype = getattr(gguf.GGMLQuantizationType, scheme.upper())
+    assert gguf.GGML_QUANT_SIZES[qtype] == (cls.block_size, cls.bytes_per_block)
     rng = np.random.default_rng(7)
-    blocks = rng.integers(0, 256, (24, cls.bytes_per_block), dtype=np.uint8)
-    for off in offsets:  # random bytes in float16 fields could be NaN/inf: put sane scales there
-        blocks[:, off:off + 2] = (rng.uniform(-1, 1, 24) * 0.02).astype(np.float16).view(np.uint8).reshape(24, 2)
-    raw = blocks.reshape(4, -1)  # 4 rows of 6 blocks
-    ref = gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, scheme.upper()))
-    q = QuantizedTensor.from_arrays({"qweight": raw}, {"scheme": scheme, "group_size": 256, "shape": [4, 1536]})
-    np.testing.assert_array_equal(q.dequantize(), ref)
+    for rows, n_blocks in ((4, 6), (1, 1), (7, 3), (2, 17)):
+        blocks = rng.integers(0, 256, (rows * n_blocks, cls.bytes_per_block), dtype=np.uint8)
+        for off in GGML_F16_FIELDS[scheme]:
+            d = rng.uniform(-1, 1, rows * n_blocks) * np.exp(rng.uniform(-12, 2, rows * n_blocks))
+            blocks[:, off:off + 2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+        raw = blocks.reshape(rows, -1)
+        ref = gguf.quants.dequantize(raw, qtype).astype(np.float32)
+        meta = {"scheme": scheme, "group_size": cls.block_size, "shape": [rows, n_blocks * cls.block_size]}
+        q = QuantizedTensor.from_arrays({"qweight": raw}, meta)
+        np.testing.assert_array_equal(q.dequantize().view(np.uint32), ref.view(np.uint32))
+        ids = rng.integers(0, rows, 5)
+        np.testing.assert_array_equal(q.rows(ids).view(np.uint32), ref[ids].view(np.uint32))
 
 
 def test_nf4_matches_recorded_bitsandbytes():
@@ -333,7 +377,8 @@ def test_dequantize_and_matmul_match_the_element_formulas(scheme, group):
 
 # --- round trips: quantize(dequantize(q)) gives the same bytes ---------------------------------
 @pytest.mark.parametrize("scheme,group", [("int8", None), ("int8", 64), ("int4", 32), ("int4-asym", 128),
-                                          ("nf4", 64), ("q8_0", None), ("q4_0", None), ("q4_1", None)])
+                                          ("nf4", 64), ("q8_0", None), ("q4_0", None), ("q4_1", None),
+                                          ("q5_0", None), ("q5_1", None)])
 def test_requantizing_the_dequantized_tensor_is_byte_identical(scheme, group):
     w = random_weights(5)
     q = quantize(w, scheme, group)
@@ -508,6 +553,11 @@ def test_other_bad_inputs():
         quantize(np.full((1, 32), 1e7, np.float32), "q8_0")
     with pytest.raises(QuantizationError, match="dequantize-only"):
         quantize(np.ones((1, 256), np.float32), "q4_k")
+    for scheme in ("q2_k", "q3_k", "q5_k"):
+        with pytest.raises(QuantizationError, match=f"{scheme} is dequantize-only.*llama-quantize"):
+            quantize(np.ones((1, 256), np.float32), scheme)
+        with pytest.raises(QuantizationError, match=f"{scheme} is dequantize-only.*q4_0.*q5_0"):
+            QuantizationConfig(scheme=scheme)
     q = quantize(np.ones((2, 64), np.float32), "int4")
     with pytest.raises(QuantizationError, match="already quantized"):
         quantize(QuantizedWeight.from_tensor(q), "int8")

@@ -10,7 +10,8 @@ Quantized checkpoints (``storage``), ``pycohere quantize`` / :func:`pycohere.qua
 build on these.
 
 Schemes: int8 (per channel or per group), int4, int4-asym, nf4 (bitsandbytes), and llama.cpp's
-q8_0, q4_0, q4_1 (byte-for-byte GGUF blocks) plus dequantize-only q4_k and q6_k.
+q8_0, q4_0, q4_1, q5_0, q5_1 (byte-for-byte GGUF blocks) plus the dequantize-only k-quants q2_k, q3_k,
+q4_k, q5_k and q6_k.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def quantizable_schemes() -> list[str]:
 
 @dataclass
 class QuantizationConfig:
-    """scheme: int8 | int4 | int4-asym | nf4 | q8_0 | q4_0 | q4_1.
+    """scheme: int8 | int4 | int4-asym | nf4 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1.
     group_size: values per scale (None: the scheme's default: per output channel for int8, 64 for
     int4/int4-asym/nf4, 32 for the llama.cpp blocks).
     keep_embeddings: leave the token embedding (and an untied lm_head) in their float dtype."""

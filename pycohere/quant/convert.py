@@ -262,7 +262,7 @@ def register(subparsers) -> None:
     p.add_argument("--scheme", required=True, help=f"one of {', '.join(quantizable_schemes())}")
     p.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="values per scale (default: per output channel for int8, 64 for int4/int4-asym/nf4, "
-                        "32 for q8_0/q4_0/q4_1)")
+                        "32 for q8_0/q4_0/q4_1/q5_0/q5_1)")
     p.add_argument("--keep-embeddings", action="store_true",
                    help="keep the token embedding (and an untied lm_head) in its float dtype")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")

@@ -1,4 +1,5 @@
-"""Numba kernels for llama.cpp's k-quants ``q4_k`` and ``q6_k``, read in place from ggml blocks.
+"""Numba kernels for llama.cpp's k-quants ``q4_k`` and ``q6_k``, read in place from ggml blocks, and
+dequantizers (no GEMV) for ``q5_0``, ``q5_1``, ``q2_k``, ``q3_k`` and ``q5_k``.
 
 The NumPy spec of both formats is ``pycohere.quant.schemes.Q4_K`` / ``Q6_K`` (bit-exact against
 gguf-py's ``gguf.quants``); these kernels are its fast twins, registered with
@@ -8,6 +9,9 @@ gguf-py's ``gguf.quants``); these kernels are its fast twins, registered with
   ``x @ dequantize().T``. Parallel over chunks of output rows; each packed row is read once.
 * ``dequant_q4_k`` / ``dequant_q6_k`` (prefill tiles for BLAS, embedding rows): bit-identical to
   ``dequantize_blocks`` (no fastmath, so ``(d * sc) * n - dmin * m`` rounds exactly as NumPy does).
+* ``dequant_q5_0`` / ``_q5_1`` / ``_q2_k`` / ``_q3_k`` / ``_q5_k``: bit-identical twins of those schemes'
+  ``dequantize_blocks`` (layouts in their docstrings); with no GEMV registered, decode of these types
+  also multiplies dequantized tiles with BLAS.
 
 Layouts (ggml-common.h ``block_q4_K`` / ``block_q6_K``; ggml-quants.c ``dequantize_row_q4_K`` /
 ``dequantize_row_q6_K``), 256 values per block:
@@ -193,6 +197,111 @@ def dequant_q6_k(q, qs, f16, out):
                     out[o, e + 96] = (d * np.float32(qs[o, s + 6])) * np.float32(_q6_k_code(a2, hi, 4, 6))
 
 
+# --- dequantize-only types: Q5_0, Q5_1, Q2_K, Q3_K, Q5_K ------------------------------------------------
+# Twins of Q5_0 / Q5_1 / Q2_K / Q3_K / Q5_K.dequantize_blocks in pycohere.quant.schemes (layouts there and in
+# ggml-quants.c dequantize_row_*). No GEMV: decode and prefill both go through these tiles and BLAS.
+# Each value is computed with the spec's float32 operations in the spec's order, so equal bit for bit.
+Q5_0_BYTES, Q5_1_BYTES, Q2_K_BYTES, Q3_K_BYTES, Q5_K_BYTES = 22, 24, 84, 110, 176
+
+
+@njit(cache=True, inline="always")
+def _bit(q, o, b, j):
+    """Bit j of the little-endian bit field starting at byte b of row o (ggml's qh / hmask)."""
+    return (np.int32(q[o, b + (j >> 3)]) >> np.int32(j & 7)) & np.int32(1)
+
+
+@njit(cache=True, parallel=True)
+def dequant_q5_0(q, f16, out):
+    """Rows of Q5_0 blocks (f16 d, qh[4], qs[16]) -> float32 rows: ``(n - 16) * d``."""
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // Q5_0_BYTES):
+            b = k * Q5_0_BYTES
+            d = _f16(q, o, b, f16)
+            for j in range(16):
+                v = np.int32(q[o, b + 6 + j])
+                lo = (v & np.int32(15)) | (_bit(q, o, b + 2, j) << np.int32(4))
+                hi = (v >> np.int32(4)) | (_bit(q, o, b + 2, j + 16) << np.int32(4))
+                out[o, k * 32 + j] = np.float32(lo - np.int32(16)) * d
+                out[o, k * 32 + j + 16] = np.float32(hi - np.int32(16)) * d
+
+
+@njit(cache=True, parallel=True)
+def dequant_q5_1(q, f16, out):
+    """Rows of Q5_1 blocks (f16 d, f16 m, qh[4], qs[16]) -> float32 rows: ``n * d + m``."""
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // Q5_1_BYTES):
+            b = k * Q5_1_BYTES
+            d = _f16(q, o, b, f16)
+            m = _f16(q, o, b + 2, f16)
+            for j in range(16):
+                v = np.int32(q[o, b + 8 + j])
+                lo = (v & np.int32(15)) | (_bit(q, o, b + 4, j) << np.int32(4))
+                hi = (v >> np.int32(4)) | (_bit(q, o, b + 4, j + 16) << np.int32(4))
+                out[o, k * 32 + j] = np.float32(lo) * d + m
+                out[o, k * 32 + j + 16] = np.float32(hi) * d + m
+
+
+@njit(cache=True, parallel=True)
+def dequant_q2_k(q, f16, out):
+    """Rows of Q2_K blocks (scales[16], qs[64], f16 d, f16 dmin) -> float32 rows:
+    ``(d sc_j) q - dmin m_j``, element 128h + 32s + l = bits 2s..2s+1 of qs[32h + l]."""
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // Q2_K_BYTES):
+            b = k * Q2_K_BYTES
+            d = _f16(q, o, b + 80, f16)
+            dmin = _f16(q, o, b + 82, f16)
+            for h in range(2):
+                for s in range(4):
+                    for l in range(32):
+                        e = 128 * h + 32 * s + l
+                        sm = np.int32(q[o, b + e // 16])
+                        code = (np.int32(q[o, b + 16 + 32 * h + l]) >> np.int32(2 * s)) & np.int32(3)
+                        scale = d * np.float32(sm & np.int32(15))
+                        offset = dmin * np.float32(sm >> np.int32(4))
+                        out[o, k * 256 + e] = scale * np.float32(code) - offset
+
+
+@njit(cache=True, parallel=True)
+def dequant_q3_k(q, f16, out):
+    """Rows of Q3_K blocks (hmask[32], qs[64], scales[12], f16 d) -> float32 rows: ``(d (sc_j - 32)) q``
+    with q = 2 bits of qs minus 4 where the hmask bit is clear (see ``Q3_K`` in the schemes)."""
+    for o in prange(q.shape[0]):
+        for k in range(q.shape[1] // Q3_K_BYTES):
+            b = k * Q3_K_BYTES
+            d = _f16(q, o, b + 108, f16)
+            for h in range(2):
+                for s in range(4):
+                    for l in range(32):
+                        e = 128 * h + 32 * s + l
+                        j = e // 16  # sub-block: its 6-bit scale is a nibble of byte j % 8 + 2 bits of byte 8 + j % 4
+                        low = (np.int32(q[o, b + 96 + j % 8]) >> np.int32(4 * (j // 8))) & np.int32(15)
+                        high = (np.int32(q[o, b + 104 + j % 4]) >> np.int32(2 * (j // 4))) & np.int32(3)
+                        sc = (low | (high << np.int32(4))) - np.int32(32)
+                        code = (np.int32(q[o, b + 32 + 32 * h + l]) >> np.int32(2 * s)) & np.int32(3)
+                        hbit = (np.int32(q[o, b + l]) >> np.int32(4 * h + s)) & np.int32(1)  # hmask[l], bit 4h + s
+                        code -= np.int32(4) * (np.int32(1) - hbit)  # minus 4 where the bit is clear
+                        out[o, k * 256 + e] = (d * np.float32(sc)) * np.float32(code)
+
+
+@njit(cache=True, parallel=True)
+def dequant_q5_k(q, f16, out):
+    """Rows of Q5_K blocks (Q4_K's d, dmin, scales[12], then qh[32], qs[128]) -> float32 rows:
+    ``(d sc_j) n - dmin m_j``; bit j of qh[l] is bit 4 of element 32 j + l."""
+    for o in prange(q.shape[0]):
+        scale = np.empty(8, dtype=np.float32)
+        mins = np.empty(8, dtype=np.float32)
+        for k in range(q.shape[1] // Q5_K_BYTES):
+            b = k * Q5_K_BYTES
+            _q4_k_scales(q, o, b, f16, scale, mins)  # the same 16-byte header as Q4_K
+            for j in range(8):
+                qb = b + 48 + (j // 2) * 32
+                shift = np.int32(4 * (j % 2))
+                for l in range(32):
+                    n = ((np.int32(q[o, qb + l]) >> shift) & np.int32(15)) | \
+                        (((np.int32(q[o, b + 16 + l]) >> np.int32(j)) & np.int32(1)) << np.int32(4))
+                    out[o, k * 256 + j * 32 + l] = scale[j] * np.float32(n) - mins[j]
+
+
 # --- registration ----------------------------------------------------------------------------------
 def _sub_block_sums(x2: np.ndarray) -> np.ndarray:
     """(R, in) -> (R, in/32): the sum of x over each Q4_K sub-block."""
@@ -219,3 +328,6 @@ def _dequant_q6_k(a, out):
 
 register_kernels("q4_k", _gemv_q4_k, _dequant_q4_k)
 register_kernels("q6_k", _gemv_q6_k, _dequant_q6_k)
+for _scheme, _kernel in (("q5_0", dequant_q5_0), ("q5_1", dequant_q5_1), ("q2_k", dequant_q2_k),
+                         ("q3_k", dequant_q3_k), ("q5_k", dequant_q5_k)):
+    register_kernels(_scheme, dequant=lambda a, out, kernel=_kernel: kernel(a["qweight"], F16_TABLE, out))

@@ -391,6 +391,27 @@ class _GGMLScheme(QuantScheme):
         return blocks
 
 
+def _signed_max_codes(blocks: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's Q4_0 / Q5_0 rule: ``d = max / -half`` (``max``: the signed element of largest magnitude,
+    first on ties), codes ``min(2 half - 1, trunc(w * id + half + 0.5))``, float32 (two roundings)."""
+    imax = np.abs(blocks).argmax(axis=1)[:, None]
+    d = np.take_along_axis(blocks, imax, axis=1) / np.float32(-half)
+    inverse = np.where(d == 0, np.float32(0), np.float32(1) / np.where(d == 0, np.float32(1), d))
+    codes = np.clip(np.trunc(blocks * inverse + np.float32(half + 0.5)), 0, 2 * half - 1).astype(np.uint8)
+    return d, codes
+
+
+def _min_max_codes(blocks: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml's Q4_1 / Q5_1 rule: ``d = (max - min) / top``, codes ``min(top, trunc((w - min) * id + 0.5))``
+    in float32; returns (d, min, codes)."""
+    hi = blocks.max(axis=1, keepdims=True)
+    lo = blocks.min(axis=1, keepdims=True)
+    d = (hi - lo) / np.float32(top)
+    inverse = np.where(d == 0, np.float32(0), np.float32(1) / np.where(d == 0, np.float32(1), d))
+    codes = np.clip(np.trunc((blocks - lo) * inverse + np.float32(0.5)), 0, top).astype(np.uint8)
+    return d, lo, codes
+
+
 class Q8_0(_GGMLScheme, name="q8_0"):
     """ggml Q8_0: 34 bytes = f16 d, i8 q[32]; ``w = d * q``.
 
@@ -438,13 +459,7 @@ class Q4_0(_GGMLScheme, name="q4_0"):
 
     @classmethod
     def quantize_blocks(cls, blocks):
-        blocks = cls._check_width(_as_blocks(blocks))
-        imax = np.abs(blocks).argmax(axis=1)[:, None]
-        d = np.take_along_axis(blocks, imax, axis=1) / np.float32(-8)
-        inverse = np.float32(1) / np.where(d == 0, np.float32(1), d)
-        inverse = np.where(d == 0, np.float32(0), inverse)
-        shifted = blocks * inverse + np.float32(8.5)  # float32: two roundings, as ggml
-        codes = np.clip(np.trunc(shifted), 0, 15).astype(np.uint8)
+        d, codes = _signed_max_codes(cls._check_width(_as_blocks(blocks)), 8)
         return {"qweight": np.concatenate([_f16_scale(d, cls.name), _pack_split_halves(codes)], axis=1)}
 
     @classmethod
@@ -469,12 +484,7 @@ class Q4_1(_GGMLScheme, name="q4_1"):
 
     @classmethod
     def quantize_blocks(cls, blocks):
-        blocks = cls._check_width(_as_blocks(blocks))
-        hi = blocks.max(axis=1, keepdims=True)
-        lo = blocks.min(axis=1, keepdims=True)
-        d = (hi - lo) / np.float32(15)
-        inverse = np.where(d == 0, np.float32(0), np.float32(1) / np.where(d == 0, np.float32(1), d))
-        codes = np.clip(np.trunc((blocks - lo) * inverse + np.float32(0.5)), 0, 15).astype(np.uint8)
+        d, lo, codes = _min_max_codes(cls._check_width(_as_blocks(blocks)), 15)
         head = np.concatenate([_f16_scale(d, cls.name), _f16_scale(lo, cls.name)], axis=1)
         return {"qweight": np.concatenate([head, _pack_split_halves(codes)], axis=1)}
 
@@ -486,9 +496,77 @@ class Q4_1(_GGMLScheme, name="q4_1"):
         return _unpack_split_halves(raw[:, 4:]).astype(np.float32) * d + m
 
 
+def _pack_fifth_bits(codes: np.ndarray) -> np.ndarray:
+    """Bit 4 of 32 five-bit codes -> ggml's ``qh``: a little-endian uint32 whose bit j is element j's."""
+    return np.packbits(codes >> np.uint8(4), axis=1, bitorder="little")
+
+
+def _unpack_five_bits(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """qh u8 [n, 4] + qs u8 [n, 16] -> codes 0..31 [n, 32] (ggml-quants.c dequantize_row_q5_0:
+    ``xh_0 = ((qh >> j) << 4) & 0x10`` for element j, ``(qh >> (j + 12)) & 0x10`` for j + 16)."""
+    high = np.unpackbits(qh, axis=1, bitorder="little")  # bit j of the uint32 = element j
+    return _unpack_split_halves(qs) | (high << np.uint8(4))
+
+
+class Q5_0(_GGMLScheme, name="q5_0"):
+    """ggml Q5_0: 22 bytes = f16 d, u8 qh[4], u8 qs[16]; ``w = d * (n - 16)``, n in 0..31.
+
+    The low four bits of the codes are in ``qs`` as Q4_0's nibbles (element j low, j + 16 high),
+    bit 4 of element j is bit j of ``qh`` read as a little-endian uint32. Quantization as gguf-py
+    ``Q5_0`` (= ggml ``quantize_row_q5_0_ref``): ``d = max / -16`` with ``max`` the signed element
+    of largest magnitude, codes ``min(31, trunc(w * id + 16.5))``, float32 with two roundings as
+    Q4_0 (same measured agreement argument).
+    """
+
+    bits = 5
+    block_size = 32
+    group_sizes = (32,)
+    bytes_per_block = 22
+
+    @classmethod
+    def quantize_blocks(cls, blocks):
+        d, codes = _signed_max_codes(cls._check_width(_as_blocks(blocks)), 16)
+        parts = [_f16_scale(d, cls.name), _pack_fifth_bits(codes), _pack_split_halves(codes & np.uint8(15))]
+        return {"qweight": np.concatenate(parts, axis=1)}
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        d = np.ascontiguousarray(raw[:, 0:2]).view(np.float16).astype(np.float32)
+        n = _unpack_five_bits(raw[:, 2:6], raw[:, 6:22]).astype(np.float32)
+        return (n - np.float32(16)) * d  # exact: an 11-bit d times a 5-bit code
+
+
+class Q5_1(_GGMLScheme, name="q5_1"):
+    """ggml Q5_1: 24 bytes = f16 d, f16 m, u8 qh[4], u8 qs[16] (bits as Q5_0); ``w = d * n + m``.
+
+    Quantization as gguf-py ``Q5_1``: ``d = (max - min) / 31``, codes
+    ``min(31, trunc((w - min) * id + 0.5))`` in float32, ``m = min``.
+    """
+
+    bits = 5
+    block_size = 32
+    group_sizes = (32,)
+    bytes_per_block = 24
+
+    @classmethod
+    def quantize_blocks(cls, blocks):
+        d, lo, codes = _min_max_codes(cls._check_width(_as_blocks(blocks)), 31)
+        parts = [_f16_scale(d, cls.name), _f16_scale(lo, cls.name), _pack_fifth_bits(codes),
+                 _pack_split_halves(codes & np.uint8(15))]
+        return {"qweight": np.concatenate(parts, axis=1)}
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        d = np.ascontiguousarray(raw[:, 0:2]).view(np.float16).astype(np.float32)
+        m = np.ascontiguousarray(raw[:, 2:4]).view(np.float16).astype(np.float32)
+        return _unpack_five_bits(raw[:, 4:8], raw[:, 8:24]).astype(np.float32) * d + m
+
+
 def _dequantize_only(name: str) -> str:
     return (f"{name} is dequantize-only in pycohere (llama.cpp's k-quant scale search is not "
-            f"implemented); produce it with llama-quantize, or quantize to q4_0/q8_0/int4/int8")
+            f"implemented); produce it with llama-quantize, or quantize to q4_0/q5_0/q8_0/int4/int8")
 
 
 class _KQuant(_GGMLScheme):
@@ -529,14 +607,19 @@ class Q4_K(_KQuant, name="q4_k"):
     def dequantize_blocks(cls, packed):
         raw = cls._bytes(packed)
         n_blocks = raw.shape[0]
+        scale, offset = cls.sub_block_scales(raw)
+        qs = raw[:, 16:].reshape(n_blocks, 4, 1, 32)
+        n = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(n_blocks, 8, 32).astype(np.float32)
+        return (scale * n - offset).reshape(n_blocks, 256)
+
+    @classmethod
+    def sub_block_scales(cls, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``d * sc_j`` and ``dmin * m_j`` [n, 8, 1] from the 16-byte head (f16 d, f16 dmin, 12 bytes of
+        6-bit pairs) that Q4_K and Q5_K share."""
         d = np.ascontiguousarray(raw[:, 0:2]).view(np.float16).astype(np.float32)
         dmin = np.ascontiguousarray(raw[:, 2:4]).view(np.float16).astype(np.float32)
         sc, m = cls.scale_min(raw[:, 4:16])
-        qs = raw[:, 16:].reshape(n_blocks, 4, 1, 32)
-        n = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(n_blocks, 8, 32).astype(np.float32)
-        scale = (d * sc.astype(np.float32))[:, :, None]
-        offset = (dmin * m.astype(np.float32))[:, :, None]
-        return (scale * n - offset).reshape(n_blocks, 256)
+        return (d * sc.astype(np.float32))[:, :, None], (dmin * m.astype(np.float32))[:, :, None]
 
 
 class Q6_K(_KQuant, name="q6_k"):
@@ -564,6 +647,95 @@ class Q6_K(_KQuant, name="q6_k"):
         high = qh >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1) & np.uint8(3)
         q = (low | (high << 4)).astype(np.float32) - np.float32(32)
         return ((d * sc)[:, :, None] * q.reshape(n_blocks, 16, 16)).reshape(n_blocks, 256)
+
+
+class Q5_K(_KQuant, name="q5_k"):
+    """ggml Q5_K: 176 bytes per 256 = f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128].
+
+    Q4_K plus a fifth bit: eight sub-blocks of 32 with Q4_K's 6-bit (sc, m) pairs; ``qs`` as Q4_K
+    (byte ``32i + l``: element 64i + l low, 64i + 32 + l high nibble); bit j of ``qh[l]`` is bit 4
+    of element 32j + l. ``w = (d * sc_j) * n - (dmin * m_j)`` (ggml-quants.c dequantize_row_q5_K).
+    """
+
+    bits = 5
+    block_size = 256
+    group_sizes = (256,)
+    bytes_per_block = 176
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        n_blocks = raw.shape[0]
+        scale, offset = Q4_K.sub_block_scales(raw)
+        qh = raw[:, 16:48].reshape(n_blocks, 1, 32)
+        qs = raw[:, 48:176].reshape(n_blocks, 4, 1, 32)
+        low = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(n_blocks, 8, 32)
+        high = (qh >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & np.uint8(1)  # [n, 8 sub-blocks, 32]
+        n = (low | (high << np.uint8(4))).astype(np.float32)
+        return (scale * n - offset).reshape(n_blocks, 256)
+
+
+class Q3_K(_KQuant, name="q3_k"):
+    """ggml Q3_K: 110 bytes per 256 = u8 hmask[32], u8 qs[64], u8 scales[12], f16 d (last).
+
+    Sixteen sub-blocks of 16 with signed 6-bit scales ``sc_j - 32``: the low four bits are the
+    low nibble of ``scales[j]`` (j < 8) or the high nibble of ``scales[j - 8]``, the top two bits
+    bits ``2 (j // 4)`` of ``scales[8 + j % 4]``. Two halves of 128 values (qs + 32h): for shift
+    s in 0..3, elements 128h + 32s + l take bits 2s..2s+1 of ``qs[32h + l]``, minus 4 when bit
+    4h + s of ``hmask[l]`` is *clear*. ``w = (d * (sc_j - 32)) * q`` (dequantize_row_q3_K).
+    """
+
+    bits = 3
+    block_size = 256
+    group_sizes = (256,)
+    bytes_per_block = 110
+
+    @staticmethod
+    def scales(s: np.ndarray) -> np.ndarray:
+        """The sixteen signed 6-bit scales: [n, 12] bytes -> int [n, 16] in -32..31."""
+        low = np.concatenate([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], axis=1)
+        high = (s[:, None, 8:12] >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)) & np.uint8(3)
+        return (low | (high.reshape(-1, 16) << np.uint8(4))).astype(np.int16) - 32
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        n_blocks = raw.shape[0]
+        hmask = raw[:, 0:32].reshape(n_blocks, 1, 32)
+        qs = raw[:, 32:96].reshape(n_blocks, 2, 1, 32)
+        d = np.ascontiguousarray(raw[:, 108:110]).view(np.float16).astype(np.float32)
+        low = (qs >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & np.uint8(3)
+        high = (hmask >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & np.uint8(1)  # [n, 8, 32]
+        q = low.reshape(n_blocks, 8, 32).astype(np.float32) - np.float32(4) * (np.uint8(1) - high)
+        dl = (d * cls.scales(raw[:, 96:108]).astype(np.float32))[:, :, None]
+        return (dl * q.reshape(n_blocks, 16, 16)).reshape(n_blocks, 256)
+
+
+class Q2_K(_KQuant, name="q2_k"):
+    """ggml Q2_K: 84 bytes per 256 = u8 scales[16], u8 qs[64], f16 d, f16 dmin.
+
+    Sixteen sub-blocks of 16: ``scales[j]`` holds the 4-bit scale (low nibble) and min (high).
+    Two halves of 128 values (qs + 32h): for shift s in 0..3, elements 128h + 32s + l are bits
+    2s..2s+1 of ``qs[32h + l]``. ``w = (d * sc_j) * q - (dmin * m_j)`` (dequantize_row_q2_K).
+    """
+
+    bits = 2
+    block_size = 256
+    group_sizes = (256,)
+    bytes_per_block = 84
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        n_blocks = raw.shape[0]
+        s = raw[:, 0:16]
+        qs = raw[:, 16:80].reshape(n_blocks, 2, 1, 32)
+        d = np.ascontiguousarray(raw[:, 80:82]).view(np.float16).astype(np.float32)
+        dmin = np.ascontiguousarray(raw[:, 82:84]).view(np.float16).astype(np.float32)
+        q = (qs >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & np.uint8(3)
+        scale = (d * (s & 0x0F).astype(np.float32))[:, :, None]
+        offset = (dmin * (s >> 4).astype(np.float32))[:, :, None]
+        return (scale * q.reshape(n_blocks, 16, 16).astype(np.float32) - offset).reshape(n_blocks, 256)
 
 
 # --- whole tensors ------------------------------------------------------------------------------
