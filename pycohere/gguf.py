@@ -107,6 +107,23 @@ for _name, _dtype in BLOCK_DTYPES.items():  # keep the two tables honest with ea
     assert _dtype.itemsize == GGML_TYPES[GGML_TYPE_IDS[_name]].type_size, _name
 
 
+# llama.cpp's tensor names of the command-r / cohere2 architectures -> transformers parameter names
+# (gguf-py constants.TENSOR_NAMES / tensor_mapping.py). Read by pycohere.gguf_model, inverted by
+# pycohere.gguf_export.
+GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                  "output.weight": "lm_head.weight"}
+LAYER_TENSORS = {  # after "blk.N." -> after "model.layers.N."
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight", "attn_output.bias": "self_attn.o_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+
 def ggml_type(type_or_name: int | str) -> GGMLType:
     """Look a type up by id (12) or name ("Q4_K"); UnsupportedFormatError if unknown."""
     key = GGML_TYPE_IDS.get(type_or_name.upper()) if isinstance(type_or_name, str) else type_or_name

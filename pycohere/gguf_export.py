@@ -83,7 +83,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import CheckpointError, TokenizerError, UnsupportedFormatError
-from .gguf import GGUFReader, GGUFWriter, ValueType, ggml_type, tensor_nbytes
+from .gguf import GLOBAL_TENSORS, LAYER_TENSORS, GGUFReader, GGUFWriter, ValueType, ggml_type, tensor_nbytes
 from .outputs import check_free_space, fsync_folder, make_parents, os_error_message, remove_folders, umask
 
 # --type -> (general.file_type: gguf-py LlamaFileType, ggml type of the weights)
@@ -100,18 +100,10 @@ QK_NORM_MIN_LAYERS = 64  # src/models/command-r.cpp: q/k norms are created only 
 U32, I32, F32, BOOL, STR, ARRAY = (ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.BOOL,
                                    ValueType.STRING, ValueType.ARRAY)
 
-# transformers parameter names -> llama.cpp tensor names (gguf-py constants TENSOR_NAMES)
-_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-_LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias", "self_attn.o_proj.bias": "attn_output.bias",
-    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+# transformers parameter names -> llama.cpp tensor names: the loader's table inverted, without
+# `output` (llama.cpp's command-r / cohere2 always use token_embd as the head)
+_GLOBAL_NAMES = {hf: g for g, hf in GLOBAL_TENSORS.items() if g != "output.weight"}
+_LAYER_NAMES = {hf: g for g, hf in LAYER_TENSORS.items()}
 
 
 def gguf_tensor_name(name: str) -> str:

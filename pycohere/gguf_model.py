@@ -92,7 +92,7 @@ from .config import Cohere2Config, CohereConfig
 from .errors import (CheckpointNotFoundError, ConfigError, CorruptCheckpointError,
                      QuantizationError, UnsupportedFormatError)
 from .formats import SPLIT_NAME, TensorInfo
-from .gguf import GGUFReader, GGUFTensorInfo, ValueType
+from .gguf import GGUFReader, GGUFTensorInfo, GLOBAL_TENSORS, LAYER_TENSORS, ValueType
 from .quant.config import QuantizationConfig
 from .quant.schemes import QuantizedTensor, array_shapes
 from .quant.storage import quantize_stream, read_at, resolve_group
@@ -109,19 +109,6 @@ SUPPORTED_MATRIX_TYPES = FLOAT_TYPES + tuple(GGML_SCHEMES)
 # llama.cpp's default sliding-window pattern for cohere2 (load_swa_pattern(ml, 4) in cohere2.cpp)
 DEFAULT_SWA_PATTERN = 4
 
-# GGUF name -> transformers name (gguf-py constants.TENSOR_NAMES / tensor_mapping.py).
-GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                  "output.weight": "lm_head.weight"}
-LAYER_TENSORS = {  # after "blk.N." -> after "model.layers.N."
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight", "attn_output.bias": "self_attn.o_proj.bias",
-    "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
 FUSED_QKV = ("attn_qkv.weight", "attn_qkv.bias")
 _LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -654,8 +641,3 @@ class _RowFetcher:
 
 __all__ = ["GGUFModelFile", "GGUFSource", "config_from_gguf", "transformers_name", "SUPPORTED_ARCHITECTURES",
            "GGML_SCHEMES"]
-
-# Registers the Numba kernels of q4_k / q6_k and the dequantizers of q5_0 / q5_1 / q2_k / q3_k / q5_k
-# (quantize.kernels.register_kernels) before any GGUF weight is used; the other GGUF schemes' kernels
-# live in pycohere.quant.kernels itself.
-from .quant import kquant_kernels  # noqa: E402,F401

@@ -3,6 +3,8 @@ without the oracle extra."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,6 @@ def write_chat_model(folder, model_type="cohere", seed=0, **overrides) -> Path:
     import shutil
     tok = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
     vocab = len(tok["model"]["vocab"]) + sum(1 for t in tok["added_tokens"] if t["id"] >= len(tok["model"]["vocab"]))
-    cfg = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text())
     ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
     folder = write_checkpoint(folder, model_type, seed, vocab_size=max(vocab, max(ids.values()) + 1),
                               eos_token_id=ids["<|END_OF_TURN_TOKEN|>"], bos_token_id=ids["<BOS_TOKEN>"],
@@ -80,3 +81,13 @@ def write_chat_model(folder, model_type="cohere", seed=0, **overrides) -> Path:
         if f.is_file() and not f.name.endswith(".py"):
             shutil.copy(f, folder / f.name)
     return folder
+
+
+def run_cli_with_file_size_limit(limit: int, *args: str) -> subprocess.CompletedProcess:
+    """``pycohere ARGS`` in a subprocess where any write past ``limit`` bytes fails with EFBIG
+    (RLIMIT_FSIZE), as a full disk fails with ENOSPC."""
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "from pycohere.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+

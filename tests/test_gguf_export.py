@@ -17,8 +17,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -26,10 +24,11 @@ import numpy as np
 import pytest
 
 import pycohere
-from helpers import write_chat_model, write_checkpoint
+from helpers import run_cli_with_file_size_limit, write_chat_model, write_checkpoint
 from pycohere.cli import main
 from pycohere.errors import CheckpointError, TokenizerError, UnsupportedFormatError
 from pycohere.gguf_export import convert_to_gguf
+from pycohere.outputs import umask
 from pycohere.tokenizer import CohereTokenizer
 from pycohere.weights import Checkpoint
 from pycohere.tensors import widen
@@ -450,7 +449,7 @@ def test_cli_existing_destination_and_force(models, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and dst.read_bytes() == before
     assert main(["convert", str(src), str(dst), "--type", "f16", "--force", "-q"]) == 0
     assert gguf.GGUFReader(str(dst)).fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
-    assert oct(dst.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert oct(dst.stat().st_mode & 0o777) == oct(0o666 & ~umask())
     assert main(["convert", str(src), str(tmp_path / "x.gguf"), "--type", "q5_k", "-q"]) == 2
     err = capsys.readouterr().err
     assert "unknown GGUF type 'q5_k'" in err and "q4_0" in err
@@ -460,12 +459,6 @@ def test_cli_existing_destination_and_force(models, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
     assert main(["convert", str(models["cohere_qk"]), str(tmp_path / "qk.gguf"), "-q"]) == 0
     assert "note: qk.gguf follows llama.cpp's converter" in capsys.readouterr().err
-
-
-def _umask():
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -508,14 +501,9 @@ def test_write_failures_leave_nothing(models, tmp_path, monkeypatch):
 
 
 def test_file_size_limit_in_a_subprocess_leaves_nothing(models, tmp_path):
-    # RLIMIT_FSIZE makes any write past 100 kB fail with EFBIG, as a full disk fails with ENOSPC.
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
-            "from pycohere.cli import main; sys.exit(main(sys.argv[1:]))")
     out = tmp_path / "out"
     out.mkdir()
-    r = subprocess.run([sys.executable, "-c", code, "convert", str(models["cohere2"]), str(out / "m.gguf"),
-                        "--type", "f32", "-q"], capture_output=True, text=True, timeout=300)
+    r = run_cli_with_file_size_limit(100_000, "convert", str(models["cohere2"]), str(out / "m.gguf"), "--type", "f32", "-q")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "file size limit" in lines[0] and "nothing was written" in lines[0]

@@ -10,17 +10,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 import pycohere
-from helpers import write_chat_model, write_checkpoint
+from helpers import run_cli_with_file_size_limit, write_chat_model, write_checkpoint
 from pycohere.cli import main
 from pycohere.errors import QuantizationError
+from pycohere.outputs import umask
 from pycohere.quant import QuantizedWeight
 from pycohere.quant import storage as storage_module
 from pycohere.tensors import widen
@@ -170,7 +169,7 @@ def test_already_quantized_source_and_existing_destination(models, tmp_path, cap
     assert (q / "model.safetensors").read_bytes() == before
     assert main(["quantize", str(src), str(q), "--scheme", "int4", "--force", "-q"]) == 0
     assert json.loads((q / "config.json").read_text())["quantization_config"]["scheme"] == "int4"
-    assert oct(q.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    assert oct(q.stat().st_mode & 0o777) == oct(0o777 & ~umask())
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
@@ -181,21 +180,10 @@ def test_already_quantized_source_and_existing_destination(models, tmp_path, cap
     assert leftovers(tmp_path) == []
 
 
-def _umask():
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
 def test_disk_full_in_a_subprocess_leaves_nothing(models, tmp_path):
-    # RLIMIT_FSIZE makes any write past 200 kB fail with EFBIG, as a full disk fails with ENOSPC.
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
-            "from pycohere.cli import main; sys.exit(main(sys.argv[1:]))")
     out = tmp_path / "out"
     out.mkdir()
-    r = subprocess.run([sys.executable, "-c", code, "quantize", str(models["cohere"]), str(out / "q"),
-                        "--scheme", "int8", "-q"], capture_output=True, text=True, timeout=300)
+    r = run_cli_with_file_size_limit(200_000, "quantize", str(models["cohere"]), str(out / "q"), "--scheme", "int8", "-q")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "file size limit" in lines[0] and "nothing was written" in lines[0]

@@ -43,10 +43,10 @@ import numpy as np
 from ..errors import CorruptCheckpointError, QuantizationError, UnsupportedFormatError
 from ..formats import TensorInfo
 from ..kernels import njit, prange
-from ..tensors import DenseWeight, Weight, widen
-from ..weights import SAFETENSORS_DTYPES, Checkpoint, TensorRef
+from ..tensors import Weight, widen
+from ..weights import Checkpoint, TensorRef
 from .kernels import dequant_nf4, gemv_int8, gemv_nf4, register_kernels
-from .storage import METADATA_KEY, RowReader
+from .storage import METADATA_KEY, RowReader, SafetensorsSource
 from .schemes import FP4_TABLE, INV127, NF4_TABLE, pack_nibbles, unpack_nibbles
 from .weight import QuantizedWeight
 
@@ -561,7 +561,7 @@ def _awq_group(qc: Mapping, first: str) -> int:
 
 
 # --- the source ------------------------------------------------------------------------------------
-class HFQuantizedSource:
+class HFQuantizedSource(SafetensorsSource):
     """The weights of a bitsandbytes / GPTQ / AWQ checkpoint in transformers' names.
 
     ``shapes`` holds every logical tensor (each quantized weight once, under ``P.weight``, with its
@@ -668,30 +668,13 @@ class HFQuantizedSource:
             f"{self.ckpt.path}: config.json declares {self.method} quantization, but no tensor carries "
             f"{self.method} arrays ({want}){hint}; use the config.json that came with these weights")
 
-    # --- the pycohere.formats source interface ------------------------------------------------
-    @property
-    def path(self):
-        return self.ckpt.path
-
-    @property
-    def files(self):
-        return self.ckpt.files
-
-    @property
-    def nbytes(self) -> int:
-        return self.ckpt.nbytes
-
-    def vector(self, name: str, dtype) -> np.ndarray:
-        t = self.ckpt[name]
-        return widen(t.array, t.dtype, dtype)
-
+    # --- the pycohere.formats source interface (path, files, nbytes, vector: SafetensorsSource) ---
     def matrix(self, name: str, dtype, backend: str, materialize: bool = False) -> Weight:
         """The Weight of the [out, in] matrix ``name`` (repacked now when it is quantized)."""
         entry = self.entries.get(name)
         if entry is not None:
             return entry.build(dtype, backend)
-        ref = self.ckpt[name]
-        return DenseWeight(ref.array, ref.dtype, compute_dtype=dtype, materialize=materialize, backend=backend)
+        return self.dense(name, dtype, backend, materialize)
 
     def tensor_table(self) -> list[TensorInfo]:
         """Every logical tensor as stored: quantized ones with their real on-disk format, bits per
@@ -701,9 +684,7 @@ class HFQuantizedSource:
             if name in self.entries:
                 rows.append(self.entries[name].info())
             elif name in self.ckpt:
-                t = self.ckpt[name]
-                rows.append(TensorInfo(name, tuple(t.shape), t.dtype,
-                                       8.0 * SAFETENSORS_DTYPES[t.dtype].itemsize, None, t.nbytes))
+                rows.append(self.float_info(name))
         return rows
 
     def describe(self) -> str:

@@ -409,4 +409,4 @@ def quantized_rows(t: QuantizedTensor, ids: np.ndarray) -> np.ndarray:
     return dequantize_rows(t, flat).reshape(ids.shape + (t.shape[1],))
 
 
-from . import kquant_kernels  # noqa: E402,F401  (registers the q4_k / q6_k kernels)
+from . import kquant_kernels  # noqa: E402,F401  (registers the k-quant and q5_0/q5_1 kernels)

@@ -37,17 +37,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import F16_TABLE, FAST, njit, prange
-from .kernels import register_kernels
+from .kernels import CHUNK, _f16_at, register_kernels
 
 Q4_K_BYTES = 144
 Q6_K_BYTES = 210
-CHUNK = 64  # output rows per parallel task (one scratch allocation per chunk, not per row)
-
-
-@njit(cache=True, inline="always")
-def _f16(q, o, b, f16):
-    """The little-endian f16 at bytes b, b+1 of row o, as float32."""
-    return f16[np.int32(q[o, b]) | (np.int32(q[o, b + 1]) << np.int32(8))]
 
 
 @njit(cache=True, inline="always")
@@ -56,8 +49,8 @@ def _q4_k_scales(q, o, b, f16, scale, mins):
     sub-blocks (float32 products, as the spec rounds them). The 6-bit pairs are unpacked as
     ggml-quants.c get_scale_min_k4: j < 4 takes the low 6 bits of bytes j and j+4; j >= 4 a nibble
     of byte j+4 plus the top two bits of bytes j-4 and j (two branch-free loops)."""
-    d = _f16(q, o, b, f16)
-    dmin = _f16(q, o, b + 2, f16)
+    d = _f16_at(q, o, b, f16)
+    dmin = _f16_at(q, o, b + 2, f16)
     s = b + 4
     for j in range(4):
         scale[j] = d * np.float32(np.int32(q[o, s + j]) & np.int32(63))
@@ -132,7 +125,7 @@ def gemv_q6_k(x, q, qs, f16):
                 lanes[:] = 0.0
                 for k in range(nb):
                     b = k * Q6_K_BYTES
-                    d = _f16(q, o, b + 208, f16)
+                    d = _f16_at(q, o, b + 208, f16)
                     for h in range(2):
                         for g in range(2):
                             s = b + 192 + 8 * h + g
@@ -183,7 +176,7 @@ def dequant_q6_k(q, qs, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q6_K_BYTES):
             b = k * Q6_K_BYTES
-            d = _f16(q, o, b + 208, f16)
+            d = _f16_at(q, o, b + 208, f16)
             for h in range(2):
                 for l in range(32):
                     s = b + 192 + 8 * h + l // 16
@@ -216,7 +209,7 @@ def dequant_q5_0(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q5_0_BYTES):
             b = k * Q5_0_BYTES
-            d = _f16(q, o, b, f16)
+            d = _f16_at(q, o, b, f16)
             for j in range(16):
                 v = np.int32(q[o, b + 6 + j])
                 lo = (v & np.int32(15)) | (_bit(q, o, b + 2, j) << np.int32(4))
@@ -231,8 +224,8 @@ def dequant_q5_1(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q5_1_BYTES):
             b = k * Q5_1_BYTES
-            d = _f16(q, o, b, f16)
-            m = _f16(q, o, b + 2, f16)
+            d = _f16_at(q, o, b, f16)
+            m = _f16_at(q, o, b + 2, f16)
             for j in range(16):
                 v = np.int32(q[o, b + 8 + j])
                 lo = (v & np.int32(15)) | (_bit(q, o, b + 4, j) << np.int32(4))
@@ -248,8 +241,8 @@ def dequant_q2_k(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q2_K_BYTES):
             b = k * Q2_K_BYTES
-            d = _f16(q, o, b + 80, f16)
-            dmin = _f16(q, o, b + 82, f16)
+            d = _f16_at(q, o, b + 80, f16)
+            dmin = _f16_at(q, o, b + 82, f16)
             for h in range(2):
                 for s in range(4):
                     for l in range(32):
@@ -268,7 +261,7 @@ def dequant_q3_k(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q3_K_BYTES):
             b = k * Q3_K_BYTES
-            d = _f16(q, o, b + 108, f16)
+            d = _f16_at(q, o, b + 108, f16)
             for h in range(2):
                 for s in range(4):
                     for l in range(32):

@@ -303,7 +303,39 @@ def _array_problems(scheme: str, expected: dict, stored: dict[str, TensorRef]) -
     return bad + [f"unexpected array {a}" for a in sorted(set(stored) - set(expected))]
 
 
-class WeightSource:
+class SafetensorsSource:
+    """What every safetensors-backed weight source shares (``pycohere.formats``): the checkpoint's
+    path, files and size, float vectors widened to the compute dtype, float matrices as DenseWeight
+    over the mmap view, and the table row of a float tensor."""
+
+    ckpt: Checkpoint
+
+    @property
+    def path(self):
+        return self.ckpt.path
+
+    @property
+    def files(self):
+        return self.ckpt.files
+
+    @property
+    def nbytes(self) -> int:
+        return self.ckpt.nbytes
+
+    def vector(self, name: str, dtype) -> np.ndarray:
+        t = self.ckpt[name]
+        return widen(t.array, t.dtype, dtype)
+
+    def dense(self, name: str, dtype, backend: str, materialize: bool = False) -> DenseWeight:
+        ref = self.ckpt[name]
+        return DenseWeight(ref.array, ref.dtype, compute_dtype=dtype, materialize=materialize, backend=backend)
+
+    def float_info(self, name: str) -> TensorInfo:
+        t = self.ckpt[name]
+        return TensorInfo(name, tuple(t.shape), t.dtype, 8.0 * SAFETENSORS_DTYPES[t.dtype].itemsize, None, t.nbytes)
+
+
+class WeightSource(SafetensorsSource):
     """The weights of a checkpoint in transformers' names, quantized or not.
 
     ``shapes`` (logical name -> shape) and ``problems`` (packed arrays missing or misshaped) feed
@@ -332,22 +364,6 @@ class WeightSource:
             self._collect_quantized()
 
     # --- the pycohere.formats source interface ------------------------------------------------
-    @property
-    def path(self):
-        return self.ckpt.path
-
-    @property
-    def files(self):
-        return self.ckpt.files
-
-    @property
-    def nbytes(self) -> int:
-        return self.ckpt.nbytes
-
-    def vector(self, name: str, dtype) -> np.ndarray:
-        t = self.ckpt[name]
-        return widen(t.array, t.dtype, dtype)
-
     def tensor_table(self) -> list[TensorInfo]:
         """Every logical tensor: float ones with their dtype, quantized ones with their scheme."""
         rows = []
@@ -360,9 +376,7 @@ class WeightSource:
                                        None if g == shape[-1] and cls.block_size is None else g,
                                        int(sum(a.nbytes for a in arrays.values()))))
             elif name in self.ckpt:
-                t = self.ckpt[name]
-                rows.append(TensorInfo(name, tuple(t.shape), t.dtype, 8.0 * SAFETENSORS_DTYPES[t.dtype].itemsize,
-                                       None, t.nbytes))
+                rows.append(self.float_info(name))
         return rows
 
     def describe(self) -> str:
@@ -404,11 +418,10 @@ class WeightSource:
         if name in self.quantized:
             arrays, entry = self.quantized[name]
             return QuantizedWeight(arrays, entry, compute_dtype=dtype, backend=backend)
-        ref = self.ckpt[name]
         if self.quantization is not None and self.quantization.applies_to(name):
-            q = quantize_tensor(ref, self.quantization)
+            q = quantize_tensor(self.ckpt[name], self.quantization)
             return QuantizedWeight.from_tensor(q, compute_dtype=dtype, backend=backend)
-        return DenseWeight(ref.array, ref.dtype, compute_dtype=dtype, materialize=materialize, backend=backend)
+        return self.dense(name, dtype, backend, materialize)
 
     def check_quantization_plan(self) -> None:
         """Before quantizing anything on load: every group size must fit (one clear error)."""
