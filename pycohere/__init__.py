@@ -1,26 +1,23 @@
-"""pycohere: a readable, exact NumPy reference implementation of Cohere's Command-R family."""
-import os as _os
+"""pycohere: a readable, exact NumPy reference implementation of Cohere's Command-R family.
 
-from .cache import KVCache
-from .config import AutoConfig, Cohere2Config, CohereConfig
-from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
-                    Cohere2ForCausalLM, Cohere2Model, CohereForCausalLM, CohereModel)
+This module is the public facade: it imports from the subpackages (their order and what each may import
+are declared in ``pycohere.layout``) and nothing inside the package imports it.
+"""
+from . import checkpoints, errors
+from .checkpoints import AutoConfig
+from .config import Cohere2Config, CohereConfig
+from .demo import DEMO_MODEL
+from .export import convert_to_gguf, quantize_checkpoint
 from .generation import (BaseStreamer, GenerateDecoderOnlyOutput, GenerationConfig, GenerationMixin,
                          TextIteratorStreamer, TextStreamer)
+from .introspect import Recorder
+from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
+                    Cohere2ForCausalLM, Cohere2Model, CohereForCausalLM, CohereModel)
 from .pipeline import TextGenerationPipeline, pipeline
-from .tokenizer import CohereTokenizer, IncrementalDetokenizer
-from .chat import apply_chat_template, parse_grounded_answer, parse_tool_calls
-from .trace import Recorder
 from .quant.config import QuantizationConfig
-from .quant.convert import quantize_checkpoint
-from .gguf_export import convert_to_gguf
-from . import formats
-from . import errors
-
-__version__ = "0.1.0"
-
-# the bundled demo model (a small Cohere-architecture model trained in this project: pycohere/demo)
-DEMO_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "demo")
+from .spec.cache import KVCache
+from .text import CohereTokenizer, IncrementalDetokenizer, apply_chat_template, parse_grounded_answer, parse_tool_calls
+from .version import __version__
 
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "BaseModelOutputWithPast", "CausalLMOutput",
@@ -29,5 +26,5 @@ __all__ = [
     "CohereTokenizer", "IncrementalDetokenizer", "apply_chat_template", "parse_grounded_answer", "parse_tool_calls",
     "BaseStreamer", "GenerateDecoderOnlyOutput", "GenerationConfig", "GenerationMixin", "TextGenerationPipeline",
     "TextIteratorStreamer", "TextStreamer", "pipeline", "QuantizationConfig", "quantize_checkpoint",
-    "convert_to_gguf", "formats",
+    "convert_to_gguf", "checkpoints",
 ]

@@ -222,6 +222,7 @@ class CohereConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "CohereConfig":
+        """config.json of a checkpoint folder (``pycohere.AutoConfig.from_pretrained`` reads GGUF too)."""
         return cls.from_json_file(_config_path(path))
 
     def __repr__(self) -> str:
@@ -296,26 +297,18 @@ def read_config_json(path) -> dict:
     return d
 
 
-class AutoConfig:
-    """Dispatch on ``model_type`` like transformers' AutoConfig."""
+def config_from_dict(d: dict) -> CohereConfig:
+    """A config.json dict -> CohereConfig / Cohere2Config, by its ``model_type`` (the config side of
+    transformers' AutoConfig; ``pycohere.AutoConfig`` adds reading any checkpoint)."""
+    if not isinstance(d, dict) or "model_type" not in d:
+        raise ConfigError("config.json has no 'model_type'; expected 'cohere' or 'cohere2'")
+    model_type = d.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ConfigError(f"model_type {model_type!r} is not a Cohere architecture; "
+                          f"pycohere reads {sorted(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[model_type](**{k: v for k, v in d.items() if k != "model_type"})
 
-    @staticmethod
-    def for_model(model_type: str, **kwargs) -> CohereConfig:
-        if model_type not in CONFIG_CLASSES:
-            raise ConfigError(f"model_type {model_type!r} is not a Cohere architecture; "
-                              f"pycohere reads {sorted(CONFIG_CLASSES)}")
-        return CONFIG_CLASSES[model_type](**kwargs)
 
-    @staticmethod
-    def from_dict(d: dict) -> CohereConfig:
-        if not isinstance(d, dict) or "model_type" not in d:
-            raise ConfigError("config.json has no 'model_type'; expected 'cohere' or 'cohere2'")
-        return AutoConfig.for_model(d["model_type"], **{k: v for k, v in d.items() if k != "model_type"})
-
-    @staticmethod
-    def from_pretrained(path) -> CohereConfig:
-        """config.json of a checkpoint folder, or the metadata of a GGUF file (pycohere.formats)."""
-        from .formats import gguf_file, load_config
-        if gguf_file(path) is not None:
-            return load_config(path)
-        return AutoConfig.from_dict(read_config_json(_config_path(path)))
+def read_config_file(path) -> dict:
+    """config.json of a checkpoint folder (or that file itself) as a dict."""
+    return read_config_json(_config_path(path))

@@ -19,7 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .checkpoints.probe import probe
 from .errors import InputError, TokenizerError
+from .model import AutoModelForCausalLM
+from .text.tokenizer import CohereTokenizer
 
 SUPPORTED_TASKS = ("text-generation",)
 # transformers' TextGenerationPipeline._default_generation_config
@@ -119,11 +122,6 @@ def _render_chat(tokenizer, messages, continue_final: bool) -> str:
     return text[:loc] if text[loc:loc + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:loc].rstrip()
 
 
-def _load_tokenizer(source):
-    from .tokenizer import CohereTokenizer
-    return CohereTokenizer.from_pretrained(source)
-
-
 def pipeline(task: str, model=None, tokenizer=None, model_kwargs: dict | None = None,
              **generate_defaults: Any) -> TextGenerationPipeline:
     """Build a pipeline (transformers ``pipeline``); only ``"text-generation"`` is supported.
@@ -137,23 +135,18 @@ def pipeline(task: str, model=None, tokenizer=None, model_kwargs: dict | None = 
     if model is None:
         raise InputError("pipeline needs model=: a checkpoint folder or a loaded pycohere model")
     if isinstance(model, (str, os.PathLike)):
-        from .model import AutoModelForCausalLM
-        folder = Path(model)
-        model = AutoModelForCausalLM.from_pretrained(folder, **(model_kwargs or {}))
+        found = probe(Path(model))  # one probe: the model and its tokenizer
+        model = AutoModelForCausalLM.from_pretrained(found, **(model_kwargs or {}))
     else:
         if model_kwargs:
             raise InputError("model_kwargs only apply when model= is a path")
         if not callable(getattr(model, "generate", None)):
             raise InputError(f"model must be a pycohere causal LM or a checkpoint path, got {type(model).__name__}")
-        folder = model._checkpoint_folder() if hasattr(model, "_checkpoint_folder") else None
-        from .gguf_model import GGUFSource
-        source = getattr(getattr(model, "model", None), "checkpoint", None)
-        if isinstance(source, GGUFSource):
-            folder = Path(source.path)  # a GGUF file carries its own vocabulary
+        found = getattr(model, "probe", None)  # a GGUF file carries its own vocabulary
     if tokenizer is None:
-        if folder is None:
+        if found is None:
             raise TokenizerError("no tokenizer: pass tokenizer= (a CohereTokenizer or a tokenizer folder)")
-        tokenizer = _load_tokenizer(folder)
+        tokenizer = CohereTokenizer.from_pretrained(found)
     elif isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = _load_tokenizer(tokenizer)
+        tokenizer = CohereTokenizer.from_pretrained(tokenizer)
     return TextGenerationPipeline(model, tokenizer, **generate_defaults)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from pycohere.config import AutoConfig
-from pycohere.tensors import bf16_bits
-from pycohere.weights import expected_tensors
+from pycohere.checkpoints import AutoConfig
+from pycohere.io.dtypes import bf16_bits
+from pycohere.checkpoints.manifest import expected_tensors
 
 TINY = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,

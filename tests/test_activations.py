@@ -8,7 +8,7 @@ import pycohere
 from pycohere.errors import InputError
 from pycohere.quant import QuantizedWeight, quantize
 from pycohere.quant.activations import LlamaCppActivations, round_activations, round_q8_0, round_q8_k
-from pycohere.tensors import DenseWeight
+from pycohere.spec.weights import DenseWeight
 
 
 def test_q8_0_block_by_hand():
@@ -71,7 +71,7 @@ def test_from_pretrained_validates_the_option():
 def test_every_gguf_block_type_has_its_llama_cpp_vec_dot_type():
     # ggml-cpu.c type_traits_cpu: 32-value blocks dot with Q8_0 (Q8_1 for the *_1 types, same rounding),
     # k-quants with Q8_K.
-    from pycohere.gguf_model import GGML_SCHEMES
+    from pycohere.checkpoints.gguf import GGML_SCHEMES
     from pycohere.quant.activations import VEC_DOT_TYPE
     for ggml, scheme in GGML_SCHEMES.items():
         assert VEC_DOT_TYPE[scheme] == ("q8_k" if ggml.endswith("_K") else "q8_0"), ggml

@@ -12,19 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pycohere.chat import (
+from pycohere.text.chat import (
     DEFAULT_SYSTEM_PROMPT,
-    Citation,
-    ToolCall,
     apply_chat_template,
     builtin_templates,
-    parse_grounded_answer,
-    parse_tool_calls,
     tool_from_json_schema,
 )
+from pycohere.text.parsing import Citation, ToolCall, parse_grounded_answer, parse_tool_calls
 from pycohere.errors import ChatTemplateError, ParseError
-from pycohere.gguf import GGUFReader
-from pycohere.tokenizer import CohereTokenizer
+from pycohere.io.gguf import GGUFReader
+from pycohere.text.tokenizer import CohereTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tokenizer" / "tiny-command-r"

@@ -101,7 +101,7 @@ def test_malformed_values_are_config_errors(kw, message):
 
 def test_partial_rotary_factor_is_ignored_by_cohere_default_rope():
     # transformers' CohereRotaryEmbedding.compute_default_rope_parameters always uses the whole head
-    from pycohere.rope import compute_inv_freq
+    from pycohere.spec.rope import compute_inv_freq
     c = CohereConfig(partial_rotary_factor=0.5, hidden_size=64, num_attention_heads=4)
     assert c.rope_parameters["partial_rotary_factor"] == 0.5
     assert compute_inv_freq(c)[0].shape == (8,)

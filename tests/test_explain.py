@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from pycohere import explain
-from pycohere.golden import LAYER_OPS
+from pycohere.cli import explain
+from pycohere.spec.taps import LAYER_OPS
 
 from conftest import DATA, ROOT
 
@@ -81,7 +81,7 @@ def test_cohere2_layers_show_their_kind_and_nope(capsys):
 def _cohere_lines():
     """The COHERE notes of layers.py, found independently: the text after 'COHERE:' on each line where
     a docstring or comment starts with it."""
-    text = (ROOT / "pycohere" / "layers.py").read_text()
+    text = (ROOT / "pycohere" / "spec" / "layers.py").read_text()
     return [m.group(1) for m in re.finditer(r'^\s*(?:#|""")\s*COHERE:\s*(.+)', text, re.M)]
 
 

@@ -19,11 +19,11 @@ from tokenizers import decoders
 
 import pycohere
 from pycohere import GenerationConfig, TextIteratorStreamer, TextStreamer, pipeline
-from pycohere.cache import KVCache
+from pycohere.spec.cache import KVCache
 from pycohere.errors import AttentionMaskError, CacheError, GenerationConfigError, InputError, TokenIdError
 from pycohere.generation import StopStringCriteria
-from pycohere.sampling import repetition_penalty
-from pycohere.tokenizer import CohereTokenizer
+from pycohere.generation.sampling import repetition_penalty
+from pycohere.text.tokenizer import CohereTokenizer
 
 from helpers import write_checkpoint
 
@@ -165,13 +165,16 @@ def test_left_padded_batch_equals_each_row_alone(which, cohere, cohere2):
 def test_generate_feeds_cumsum_positions_and_one_token_steps(cohere, monkeypatch):
     # RoPE is relative, so a constant shift of a row's positions hardly changes its logits: check
     # the inputs generate() hands the forward pass instead.
+    # (generate validates its inputs once, then drives the trusted forward, _next_token_logits, each step:
+    # it always uses the cache and returns the last position's logits)
     calls = []
-    forward = type(cohere).__call__
+    forward = type(cohere)._next_token_logits
 
-    def spy(self, input_ids=None, **kw):
-        calls.append((np.array(input_ids), kw))
-        return forward(self, input_ids, **kw)
-    monkeypatch.setattr(type(cohere), "__call__", spy)
+    def spy(self, input_ids, kv_valid, positions, cache):
+        calls.append((np.array(input_ids), {"position_ids": positions, "attention_mask": kv_valid.astype(int),
+                                            "past_key_values": cache}))
+        return forward(self, input_ids, kv_valid, positions, cache)
+    monkeypatch.setattr(type(cohere), "_next_token_logits", spy)
     ids, mask = padded_prompts(lengths=(5, 3))
     out = cohere.generate(ids, attention_mask=mask, max_new_tokens=3)
     assert len(calls) == 3  # prefill + 2 steps: the last token is never fed back
@@ -179,7 +182,6 @@ def test_generate_feeds_cumsum_positions_and_one_token_steps(cohere, monkeypatch
     np.testing.assert_array_equal(prefill_ids, ids)
     # cumsum(mask) - 1 with padding at 0: row 1 = [pad, pad, 0, 1, 2]
     np.testing.assert_array_equal(kw["position_ids"], [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]])
-    assert kw["logits_to_keep"] == 1 and kw["use_cache"] is True
     for step, (step_ids, kw) in enumerate(calls[1:]):
         np.testing.assert_array_equal(step_ids, out[:, 5 + step:6 + step])  # the token just chosen
         np.testing.assert_array_equal(kw["position_ids"], [[5 + step], [3 + step]])

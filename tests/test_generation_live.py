@@ -15,7 +15,7 @@ from transformers.generation import logits_process as hf_lp  # noqa: E402
 
 import oracle  # noqa: E402  (tools/oracle.py)
 import pycohere  # noqa: E402
-from pycohere import sampling  # noqa: E402
+from pycohere.generation import sampling  # noqa: E402
 
 pytestmark = [pytest.mark.oracle, pytest.mark.usefixtures("one_torch_thread")]
 

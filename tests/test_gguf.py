@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pycohere.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
-from pycohere.gguf import BLOCK_DTYPES, GGML_TYPES, GGUFReader, GGUFWriter, ValueType, ggml_type
+from pycohere.io.gguf import BLOCK_DTYPES, GGML_TYPES, GGUFReader, GGUFWriter, ValueType, ggml_type
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (oracle) is not installed: pip install gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402

@@ -27,11 +27,11 @@ import pycohere
 from helpers import run_cli_with_file_size_limit, write_chat_model, write_checkpoint
 from pycohere.cli import main
 from pycohere.errors import CheckpointError, TokenizerError, UnsupportedFormatError
-from pycohere.gguf_export import convert_to_gguf
-from pycohere.outputs import umask
-from pycohere.tokenizer import CohereTokenizer
-from pycohere.weights import Checkpoint
-from pycohere.tensors import widen
+from pycohere.export.gguf import convert_to_gguf
+from pycohere.io.files import umask
+from pycohere.text.tokenizer import CohereTokenizer
+from pycohere.io.safetensors import Checkpoint
+from pycohere.io.dtypes import widen
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (oracle) is not installed: pip install gguf")
 QT = gguf.GGMLQuantizationType
@@ -407,7 +407,7 @@ def test_quantized_sources_copy_or_requantize(models, tmp_path):
 def small_tokenizer(folder: Path, n: int) -> None:
     """A Command-R-pipeline tokenizer of exactly ``n`` tokens (HF-quantized fixtures have 97)."""
     from tokenizers import AddedToken
-    from pycohere.tokenizer import cohere_backend
+    from pycohere.text.tokenizer import cohere_backend
     specials = ["<PAD>", "<UNK>", "<CLS>", "<SEP>", "<MASK_TOKEN>", "<BOS_TOKEN>", "<EOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"]
     chars = [chr(c) for c in range(33, 33 + n - len(specials) - 2)] + ["Ġ", "Ġt"]
     backend = cohere_backend({t: i for i, t in enumerate(specials + chars)}, [("Ġ", "t")])
@@ -421,7 +421,7 @@ def small_tokenizer(folder: Path, n: int) -> None:
 @pytest.mark.parametrize("fixture", ["awq-gemm", "gptq-v1-act-order", "bnb-nf4-dq-bf16", "bnb-int8"])
 def test_hf_quantized_sources(fixture, tmp_path):
     from conftest import DATA
-    from pycohere.formats import load_config, open_weights
+    from pycohere.checkpoints import load_config, open_weights
     src = tmp_path / fixture
     shutil.copytree(DATA / "hf_quant" / fixture, src)
     config = load_config(src)
@@ -481,7 +481,7 @@ def test_write_failures_leave_nothing(models, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert leftovers(tmp_path) == []  # not even the parent folders it created
 
-    import pycohere.gguf_export as export
+    import pycohere.export.gguf as export
     real_write = export._write_tensor
 
     def interrupted(writer, source, t, advance):
@@ -512,7 +512,7 @@ def test_file_size_limit_in_a_subprocess_leaves_nothing(models, tmp_path):
 
 def test_streaming_writer_api(tmp_path):
     """GGUFWriter streaming: declared tensors written in chunks, out of order, read back by gguf-py."""
-    from pycohere.gguf import GGUFWriter
+    from pycohere.io.gguf import GGUFWriter
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 64)).astype(np.float32)
     q = gguf.quants.quantize(a, QT.Q4_0)
@@ -545,7 +545,7 @@ def _logits(model, ids):
 
 @pytest.mark.parametrize("ftype", ["f32", "q8_0", "q4_0"])
 def test_round_trip_pycohere_gguf_pycohere(models, ftype, tmp_path):
-    pytest.importorskip("pycohere.gguf_model", reason="the GGUF loader is not in this tree yet")
+    pytest.importorskip("pycohere.checkpoints.gguf", reason="the GGUF loader is not in this tree yet")
     from pycohere.quant import QuantizedWeight, quantize
     src = models["cohere2"]
     out = convert_to_gguf(src, tmp_path / "m.gguf", type=ftype)
@@ -569,7 +569,7 @@ def test_round_trip_pycohere_gguf_pycohere(models, ftype, tmp_path):
 
 
 def test_round_trip_of_the_demo_model_and_gguf_sources(models, tmp_path):
-    pytest.importorskip("pycohere.gguf_model", reason="the GGUF loader is not in this tree yet")
+    pytest.importorskip("pycohere.checkpoints.gguf", reason="the GGUF loader is not in this tree yet")
     demo = models["demo"]
     out = convert_quietly(demo, tmp_path / "demo.gguf", "bf16")  # bf16 weights copied exactly
     ids = np.array([[5, 300, 1200, 17, 4000, 9]])
@@ -599,8 +599,8 @@ def test_a_float_gguf_source_is_streamed_with_pread(models, tmp_path, monkeypatc
     """BF16 GGUF -> Q8_0 gives the bytes of BF16 safetensors -> Q8_0 (the same stored values), and the
     float rows come from GGUFSource.float_rows (os.pread), not from the memory map through
     Weight.rows: streaming a 200 GB file must not leave every page in the process's resident set."""
-    pytest.importorskip("pycohere.gguf_model", reason="the GGUF loader is not in this tree yet")
-    from pycohere import tensors as T
+    pytest.importorskip("pycohere.checkpoints.gguf", reason="the GGUF loader is not in this tree yet")
+    from pycohere.spec import weights as T
     demo = models["demo"]
     bf16 = convert_quietly(demo, tmp_path / "bf16.gguf", "bf16")
     direct = convert_quietly(demo, tmp_path / "direct.gguf", "q8_0")

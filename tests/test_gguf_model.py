@@ -23,16 +23,16 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import pycohere
-from pycohere.config import AutoConfig
+from pycohere.checkpoints import AutoConfig
 from pycohere.errors import (CheckpointNotFoundError, CorruptCheckpointError, InputError, QuantizationError,
                              UnsupportedFormatError, WeightMismatchError)
-from pycohere.formats import gguf_file, load_config, open_weights
-from pycohere.gguf_model import GGUFSource, config_from_gguf, transformers_name
+from pycohere.checkpoints import load_config, open_weights
+from pycohere.checkpoints.gguf import GGUFSource, config_from_gguf, gguf_file, transformers_name
 from pycohere.quant import QuantizationConfig, get_scheme
-from pycohere.quant import kernels as QK
+from pycohere.kernels import quant as QK
 from pycohere.quant.schemes import Q4_K, QuantizedTensor
-from pycohere.tensors import DenseWeight
-from pycohere.weights import expected_tensors
+from pycohere.spec.weights import DenseWeight
+from pycohere.checkpoints.manifest import expected_tensors
 
 from conftest import DATA, ROOT
 
@@ -610,7 +610,7 @@ def test_tensors_beyond_4_gib_of_a_sparse_command_r_plus_sized_file(tmp_path, ba
     """Command R+'s embedding (256000 x 12288 = 3.1e9 values, > 2**31) in F16 is 6.3 GB (> 2**32 bytes),
     so the tensors after it start beyond 4 GiB: every offset, size and row index must be a Python int or
     int64. A sparse file (a few written KiB) with that layout; the expected values are written by hand."""
-    from pycohere.gguf import GGUFWriter, ValueType as V
+    from pycohere.io.gguf import GGUFWriter, ValueType as V
     vocab, hidden = 256000, 12288
     path = tmp_path / "r-plus-layout.gguf"
     w = GGUFWriter(path)

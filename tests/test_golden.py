@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import pycohere.layers as L
+import pycohere.spec.layers as L
 from pycohere import errors, golden
+from pycohere.cli import golden as golden_cli
 from pycohere.model import AutoModelForCausalLM
 
 from conftest import DATA, ROOT
@@ -35,7 +36,7 @@ def _ids_file(tmp_path, prompts, name="ids.txt"):
 
 def _make(tmp_path, case=QK, out="a", *extra):
     ids = _ids_file(tmp_path, _prompts(case))
-    rc = golden.main(["make", str(case), "--ids", str(ids), "-o", str(tmp_path / out), "--generate", "3", *extra])
+    rc = golden_cli.main(["make", str(case), "--ids", str(ids), "-o", str(tmp_path / out), "--generate", "3", *extra])
     assert rc == 0
     return tmp_path / out
 
@@ -46,7 +47,7 @@ def qk_bundle(tmp_path_factory):
 
 
 def _diff(capsys, a, b, *extra):
-    rc = golden.main(["diff", str(a), str(b), *extra])
+    rc = golden_cli.main(["diff", str(a), str(b), *extra])
     return rc, capsys.readouterr().out
 
 
@@ -157,7 +158,7 @@ def test_prompts_are_tokenized_with_the_checkpoint_tokenizer(tmp_path):
     shutil.copytree(QK, ckpt)
     tok.save(str(ckpt / "tokenizer.json"))
     (tmp_path / "p.txt").write_text("the lord said unto moses\n\nmoses said\n")
-    assert golden.main(["make", str(ckpt), "--prompts", str(tmp_path / "p.txt"), "-o", str(tmp_path / "b")]) == 0
+    assert golden_cli.main(["make", str(ckpt), "--prompts", str(tmp_path / "p.txt"), "-o", str(tmp_path / "b")]) == 0
     b = golden.Bundle.load(tmp_path / "b")
     # BOS (5) then the word ids of the vocabulary above
     assert [d["input_ids"].tolist() for d in b.inputs] == [[5, 7, 8, 9, 10, 11], [5, 11, 9]]
@@ -168,7 +169,7 @@ def test_prompts_are_tokenized_with_the_checkpoint_tokenizer(tmp_path):
 # --- checking and diffing ----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_check_passes_on_its_own_bundle(qk_bundle, capsys, dtype):
-    rc = golden.main(["check", str(qk_bundle), "--model", str(QK), "--dtype", dtype])
+    rc = golden_cli.main(["check", str(qk_bundle), "--model", str(QK), "--dtype", dtype])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"tolerance profile {dtype}" in out and "PASS: all 41 compared" in out
@@ -266,7 +267,7 @@ def test_rope_on_cohere2_full_layers_is_located(tmp_path, monkeypatch, capsys):
 
 def test_check_catches_a_bug_in_pycohere_itself(qk_bundle, monkeypatch, capsys):
     monkeypatch.setattr(L, "apply_rope", _split_half_rope)
-    rc = golden.main(["check", str(qk_bundle), "--model", str(QK), "--dtype", "float32"])
+    rc = golden_cli.main(["check", str(qk_bundle), "--model", str(QK), "--dtype", "float32"])
     assert rc == 1 and "first divergence: layer 0, q_rope" in capsys.readouterr().out
 
 
@@ -312,16 +313,16 @@ def test_greedy_near_ties_are_not_failures():
 # --- errors and exit codes ---------------------------------------------------------------------------
 def test_usage_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        golden.main(["make", str(QK), "-o", str(tmp_path / "x")])  # neither --ids nor --prompts
+        golden_cli.main(["make", str(QK), "-o", str(tmp_path / "x")])  # neither --ids nor --prompts
     assert e.value.code == 2
     assert "one of the arguments --prompts --ids is required" in capsys.readouterr().err
-    assert golden.main(["diff", str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 2
+    assert golden_cli.main(["diff", str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "golden bundle" in err and "does not exist" in err
 
 
 def test_check_against_another_checkpoint_is_refused(qk_bundle, capsys):
-    assert golden.main(["check", str(qk_bundle), "--model", str(PARITY / "gqa")]) == 2
+    assert golden_cli.main(["check", str(qk_bundle), "--model", str(PARITY / "gqa")]) == 2
     err = capsys.readouterr().err
     assert "not the checkpoint this bundle was made from (qk_norm)" in err and "config.json sha256" in err
     with pytest.raises(errors.WeightMismatchError):
@@ -330,7 +331,7 @@ def test_check_against_another_checkpoint_is_refused(qk_bundle, capsys):
 
 def test_check_with_a_copied_checkpoint_passes(qk_bundle, tmp_path, capsys):
     shutil.copytree(QK, tmp_path / "copy")
-    assert golden.main(["check", str(qk_bundle), "--model", str(tmp_path / "copy")]) == 0
+    assert golden_cli.main(["check", str(qk_bundle), "--model", str(tmp_path / "copy")]) == 0
 
 
 def _broken(qk_bundle, tmp_path, how):
@@ -361,18 +362,18 @@ def test_input_errors(tmp_path, qk_bundle):
     bad = tmp_path / "bad.txt"
     bad.write_text("5 17\n5 x 7\n")
     with pytest.raises(errors.InputError, match="line 2: 'x' is not an integer token id"):
-        golden.read_ids_file(bad)
+        golden_cli.read_ids_file(bad)
     (tmp_path / "p.txt").write_text("hello\n")
     with pytest.raises(errors.TokenizerError, match="no tokenizer.json, so --prompts cannot be tokenized"):
-        golden.cmd_make(golden_args(QK, prompts=tmp_path / "p.txt", output=tmp_path / "o"))
+        golden_cli.cmd_make(golden_args(QK, prompts=tmp_path / "p.txt", output=tmp_path / "o"))
     with pytest.raises(errors.InputError, match="--taps pattern 'layer.0.*' matches no tap"):
-        golden.cmd_make(golden_args(QK, ids=_ids_file(tmp_path, [[5, 9]]), output=tmp_path / "o2", taps="layer.0.*"))
+        golden_cli.cmd_make(golden_args(QK, ids=_ids_file(tmp_path, [[5, 9]]), output=tmp_path / "o2", taps="layer.0.*"))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(errors.InputError, match="holds other files"):
-        golden.cmd_make(golden_args(QK, ids=_ids_file(tmp_path, [[5, 9]]), output=tmp_path / "busy"))
+        golden_cli.cmd_make(golden_args(QK, ids=_ids_file(tmp_path, [[5, 9]]), output=tmp_path / "busy"))
     with pytest.raises(errors.TokenIdError):
-        golden.cmd_make(golden_args(QK, ids=_ids_file(tmp_path, [[5, 97]]), output=tmp_path / "o3"))
+        golden_cli.cmd_make(golden_args(QK, ids=_ids_file(tmp_path, [[5, 97]]), output=tmp_path / "o3"))
     other = _make(tmp_path, QK, "short", "--taps", "logits")
     ids = golden.Bundle.load(other)
     ids.inputs[0]["input_ids"] = ids.inputs[0]["input_ids"][::-1].copy()
@@ -392,7 +393,8 @@ def test_pycohere_cli_wiring(qk_bundle, monkeypatch, capsys):
     `pycohere explain` go through pycohere.cli.main with its exit-code handling."""
     import argparse
 
-    from pycohere import cli, explain
+    from pycohere import cli
+    from pycohere.cli import explain, golden
     original = cli.build_parser
 
     def build_parser():
@@ -430,9 +432,9 @@ def test_demo_model_bundle_from_text_prompts(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("In the beginning\nAnd the LORD said unto Moses\n")
     for out in ("a", "b"):
-        assert golden.main(["make", pycohere.DEMO_MODEL, "--prompts", str(prompts), "-o", str(tmp_path / out),
+        assert golden_cli.main(["make", pycohere.DEMO_MODEL, "--prompts", str(prompts), "-o", str(tmp_path / out),
                             "--generate", "3"]) == 0
     for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
-    assert golden.main(["check", str(tmp_path / "a"), "--model", pycohere.DEMO_MODEL, "--dtype", "float32"]) == 0
+    assert golden_cli.main(["check", str(tmp_path / "a"), "--model", pycohere.DEMO_MODEL, "--dtype", "float32"]) == 0
     assert "PASS" in capsys.readouterr().out

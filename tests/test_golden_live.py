@@ -13,8 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 import transformers_bundle as tb  # noqa: E402  (tools/, on sys.path via conftest)
 
-import pycohere.layers as L  # noqa: E402
+import pycohere.spec.layers as L  # noqa: E402
 from pycohere import golden  # noqa: E402
+from pycohere.cli import golden as golden_cli  # noqa: E402
 
 from conftest import DATA  # noqa: E402
 
@@ -35,7 +36,7 @@ def _prompts(case):
 def _pycohere_bundle(case, out):
     ids = out.parent / f"{out.name}.ids"
     ids.write_text("\n".join(" ".join(map(str, p)) for p in _prompts(case)))
-    assert golden.main(["make", str(PARITY / case), "--ids", str(ids), "-o", str(out),
+    assert golden_cli.main(["make", str(PARITY / case), "--ids", str(ids), "-o", str(out),
                         "--generate", str(GENERATE)]) == 0
     return out
 
@@ -58,7 +59,7 @@ def made(tmp_path_factory):
 
 
 def _diff(capsys, a, b):
-    rc = golden.main(["diff", str(a), str(b)])
+    rc = golden_cli.main(["diff", str(a), str(b)])
     return rc, capsys.readouterr().out
 
 
@@ -161,7 +162,7 @@ def test_fresh_oracle_model_with_explicit_head_dim(tmp_path, capsys):
     ids, _ = oracle.case_inputs("head_dim")
     prompts = [ids[0].tolist(), ids[1, :5].tolist()]
     (tmp_path / "ids.txt").write_text("\n".join(" ".join(map(str, p)) for p in prompts))
-    assert golden.main(["make", str(folder), "--ids", str(tmp_path / "ids.txt"), "-o", str(tmp_path / "a"),
+    assert golden_cli.main(["make", str(folder), "--ids", str(tmp_path / "ids.txt"), "-o", str(tmp_path / "a"),
                         "--generate", "2"]) == 0
     tb.make(folder, prompts, tmp_path / "b", generate=2)
     rc, out = _diff(capsys, tmp_path / "a", tmp_path / "b")

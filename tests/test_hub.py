@@ -47,7 +47,7 @@ def test_unknown_repo_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_gguf_file_selects_one_file_of_a_gguf_repo(tmp_path, monkeypatch):
     # Only the named GGUF (and its split parts) is fetched: never every quantization of a repo.
-    from pycohere.hub import ALLOW_PATTERNS, allow_patterns
+    from pycohere.io.hub import ALLOW_PATTERNS, allow_patterns
     assert not any(p.endswith(".gguf") for p in ALLOW_PATTERNS)
     assert allow_patterns("m-Q4_0-00001-of-00003.gguf")[-2:] == ["m-Q4_0-00001-of-00003.gguf", "m-Q4_0-*-of-00003.gguf"]
     repo = tmp_path / "hub" / ("models--" + REPO.replace("/", "--"))

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pycohere.quant import QuantizedWeight, quantize
-from pycohere.quant import int8_dot
+from pycohere.kernels import int8_dot
+from pycohere.kernels.dispatch import fast_weight
 from pycohere.quant.activations import LlamaCppActivations, round_q8_0
 
 pytestmark = pytest.mark.skipif(not int8_dot.AVAILABLE, reason="needs an x86-64 CPU with AVX2 and the JIT on")
@@ -59,9 +60,8 @@ def test_non_finite_activations_poison_their_row():
 
 def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     rng = np.random.default_rng(1)
-    W = QuantizedWeight.from_tensor(quantize(rng.standard_normal((16, 96)).astype(np.float32), "q4_0"),
-                                    backend="numba")
-    A = LlamaCppActivations(W, "w")
+    W = fast_weight(QuantizedWeight.from_tensor(quantize(rng.standard_normal((16, 96)).astype(np.float32), "q4_0")))
+    A = fast_weight(LlamaCppActivations(W.spec, "w"))
     decode = rng.standard_normal((2, 1, 96)).astype(np.float32)
     np.testing.assert_array_equal(A.matmul(decode), int8_dot.gemv_rounded(decode.reshape(2, 96), W.arrays["qweight"],
                                                                            "q4_0").reshape(2, 1, 16))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pycohere import kernels as K
-from pycohere import layers as L
-from pycohere.tensors import bf16_bits, widen
+from pycohere.kernels import attention as KA, dense as K
+from pycohere.spec import layers as L
+from pycohere.io.dtypes import bf16_bits, widen
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
 SETTINGS = settings(max_examples=8 if NO_JIT else 40, deadline=None)
@@ -74,9 +74,9 @@ def test_attention_kernels_equal_spec(B, T, past, heads, Dh, window, pad, data):
     valid[-1, :min(pad, S)] = False                   # left padding in the last row (may mask whole rows)
     kv_valid = valid[:, kv_index]
     ref = L.attention(q, k, v, L.attention_mask(q_index, kv_index, kv_valid, window))
-    for kernel in (K.decode_attention, K.flash_attention):
+    for kernel in (KA.decode_attention, KA.flash_attention):
         args = (q, k, v, q_index, np.int64(start), kv_valid, np.int64(window or 0))
-        got = kernel(*args, np.int64(data.draw(st.sampled_from([1, 3, 64])))) if kernel is K.flash_attention \
+        got = kernel(*args, np.int64(data.draw(st.sampled_from([1, 3, 64])))) if kernel is KA.flash_attention \
             else kernel(*args)
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
 
@@ -98,7 +98,7 @@ def test_nan_scores_propagate_like_the_spec():
     idx = np.arange(6)
     ref = L.attention(q, k, v, L.attention_mask(idx, idx, None, None))
     args = (q, k, v, idx, np.int64(0), np.ones((1, 6), bool), np.int64(0))
-    for got in (K.decode_attention(*args), K.flash_attention(*args, np.int64(4))):
+    for got in (KA.decode_attention(*args), KA.flash_attention(*args, np.int64(4))):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
         assert np.isnan(ref).all()  # key 0 is visible to every query
 

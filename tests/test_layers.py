@@ -2,10 +2,10 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pycohere import layers as L
-from pycohere.cache import KVCache
+from pycohere.spec import layers as L
+from pycohere.spec.cache import KVCache
 from pycohere.config import CohereConfig
-from pycohere.rope import compute_inv_freq, rope_cos_sin
+from pycohere.spec.rope import compute_inv_freq, rope_cos_sin
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -150,7 +150,7 @@ def test_chunked_prefill_and_cache_steps_equal_full_forward(tmp_path_factory, ki
     assert cache.get_seq_length() == T
     if kind == "cohere2":  # sliding layers' memory is bounded by the window, not the sequence
         chunk = max(b - a for a, b in zip(bounds, bounds[1:]))
-        for layer, w in zip(cache.layers, pycohere.cache.layer_windows(model.config)):
+        for layer, w in zip(cache.layers, pycohere.spec.cache.layer_windows(model.config)):
             if w is not None:
                 assert layer.k.shape[1] <= max(16, 2 * (w - 1 + chunk))
 

@@ -10,7 +10,7 @@ import pycohere
 from pycohere.errors import (AttentionMaskError, CacheError, CheckpointNotFoundError, CorruptCheckpointError,
                              InputError, TokenIdError, UnsafeCheckpointError, UnsupportedFormatError,
                              WeightMismatchError, BackendError)
-from pycohere.weights import Checkpoint, open_safetensors
+from pycohere.io.safetensors import Checkpoint, open_safetensors
 
 from helpers import random_tensors, write_checkpoint
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pycohere
-from pycohere import layers as L
+from pycohere.spec import layers as L
 
 from conftest import DATA
 

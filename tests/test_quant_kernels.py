@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pycohere.quant import QuantizedWeight, get_scheme, quantize
-from pycohere.quant import kernels as QK
-from pycohere.quant import weight as QW
+from pycohere.kernels import quant as QK
+from pycohere.kernels.dispatch import fast_weight
+from pycohere.spec import weights as QW
 from pycohere.quant.schemes import QuantizedTensor
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
@@ -112,8 +113,8 @@ def test_quantized_weight_dispatches_on_backend(monkeypatch):
     rng = np.random.default_rng(6)
     q = quantize(weights(rng, (33, 64), 64), "int4", 64)
     x = rng.standard_normal((3, 64)).astype(np.float32)
-    fast = QuantizedWeight.from_tensor(q, backend="numba")
-    spec = QuantizedWeight.from_tensor(q, backend="numpy")
+    fast = fast_weight(QuantizedWeight.from_tensor(q))
+    spec = QuantizedWeight.from_tensor(q)
     np.testing.assert_array_equal(fast.matmul(x), QK.quantized_matmul(x, q))
     # numpy backend: the spec, computed over row chunks (forced small here) == one big matmul
     monkeypatch.setattr(QW, "CHUNK_ELEMENTS", 64 * 5)

@@ -21,7 +21,7 @@ from pycohere.errors import CorruptCheckpointError, QuantizationError, Unsupport
 from pycohere.quant import (NF4_TABLE, SCHEMES, QuantizationConfig, QuantizedTensor, QuantizedWeight,
                             array_shapes, dequantize, get_scheme, quantize)
 from pycohere.quant.schemes import NF4_MIDPOINTS, unpack_nibbles
-from pycohere.tensors import DenseWeight, Weight
+from pycohere.spec.weights import DenseWeight, Weight
 
 QUANT = DATA / "quant"
 OWN = ("int8", "int4", "int4-asym", "nf4")

@@ -19,10 +19,10 @@ import pycohere
 from helpers import run_cli_with_file_size_limit, write_chat_model, write_checkpoint
 from pycohere.cli import main
 from pycohere.errors import QuantizationError
-from pycohere.outputs import umask
+from pycohere.io.files import umask
 from pycohere.quant import QuantizedWeight
-from pycohere.quant import storage as storage_module
-from pycohere.tensors import widen
+from pycohere.checkpoints import safetensors as storage_module
+from pycohere.io.dtypes import widen
 
 SCHEMES = ["int8", "int4", "int4-asym", "nf4", "q8_0", "q4_0"]
 DIMS = dict(hidden_size=128, intermediate_size=256)
@@ -42,7 +42,7 @@ def dequantized_float_checkpoint(quantized, folder):
     model = pycohere.AutoModelForCausalLM.from_pretrained(quantized, backend="numpy")
     ckpt = model.model.checkpoint.ckpt
     tensors = {}
-    for name, shape in storage_module.WeightSource(ckpt, model.config).shapes.items():
+    for name, shape in storage_module.QuantizedSafetensorsSource(ckpt, model.config).shapes.items():
         if name in ckpt:
             tensors[name] = widen(ckpt[name].array, ckpt[name].dtype)
         else:
@@ -208,7 +208,7 @@ def test_write_errors_and_interrupts_through_the_api(models, tmp_path, monkeypat
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr("pycohere.quant.convert._copy_side_files", interrupted)
+    monkeypatch.setattr("pycohere.export.quantized._copy_side_files", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pycohere.quantize_checkpoint(src, tmp_path / "q", "int8")
     assert sorted(os.listdir(tmp_path)) == []

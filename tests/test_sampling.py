@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pycohere.errors import GenerationConfigError
-from pycohere.sampling import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
+from pycohere.generation.sampling import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
                                RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                                TopPLogitsWarper, build_logits_processors, greedy_from_scores, make_rng,
                                sample_from_scores, softmax)

@@ -17,8 +17,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from pycohere.errors import CheckpointNotFoundError, TokenIdError, TokenizerError
-from pycohere.gguf import GGUFReader, GGUFWriter, ValueType
-from pycohere.tokenizer import CohereTokenizer, IncrementalDetokenizer
+from pycohere.io.gguf import GGUFReader, GGUFWriter, ValueType
+from pycohere.text.tokenizer import CohereTokenizer, IncrementalDetokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tokenizer" / "tiny-command-r"

@@ -6,7 +6,8 @@
                           [--llama-cpp FILE.gguf[,FILE.gguf...]]
 
 An impl may name its own checkpoint as ``impl@PATH`` (``numba@/tmp/bench-int8`` for a quantized folder,
-``numba@/tmp/bench.q4_0.gguf``); ``--llama-cpp A.gguf,B.gguf`` adds the pair ``numba@A.gguf``,
+``numba@/tmp/bench.q4_0.gguf``) and another pycohere source tree as ``impl%TREE`` (``numba%/tmp/old`` runs
+the worker with that tree first on PYTHONPATH: before/after comparisons of a change, side by side); ``--llama-cpp A.gguf,B.gguf`` adds the pair ``numba@A.gguf``,
 ``llama.cpp@A.gguf`` for each file, so pycohere and llama.cpp (llama-cpp-python, built from source:
 an optional peer) run the same weights side by side.
 
@@ -108,7 +109,7 @@ def llama_cpp_worker(gguf: str, ids_short, ids_long, decode: int) -> dict:
 def vocab_size(ckpt: str) -> int:
     if ckpt.endswith(".gguf"):
         import pycohere
-        return pycohere.formats.load_config(ckpt).vocab_size
+        return pycohere.checkpoints.load_config(ckpt).vocab_size
     return json.loads((Path(ckpt) / "config.json").read_text())["vocab_size"]
 
 
@@ -272,7 +273,8 @@ def main(argv=None):
     impls = [i for i in args.impls.split(",") if i]
     for g in filter(None, args.llama_cpp.split(",")):
         impls += [f"numba@{g}", f"numba-llamacpp-act@{g}", f"{LLAMA_CPP}@{g}"]
-    where = {i: (i.split("@", 1) + [str(ckpt)])[:2] for i in impls}  # impl -> (kind, checkpoint)
+    trees = {i: (i.split("%", 1) + [""])[1] for i in impls}  # impl -> pycohere source tree ("": this one)
+    where = {i: (i.split("%", 1)[0].split("@", 1) + [str(ckpt)])[:2] for i in impls}  # impl -> (kind, checkpoint)
     ckpt_bytes = checkpoint_bytes(str(ckpt))
     results = {i: [] for i in impls}
     bws = []
@@ -284,6 +286,8 @@ def main(argv=None):
             cmd = [sys.executable, __file__, "--worker", kind, "--ckpt", path, "--prompt", str(args.prompt),
                    "--long-prompt", str(args.long_prompt), "--decode", str(n)]
             env = dict(os.environ, NUMBA_THREADING_LAYER="omp" if kind == "numba-omp" else "workqueue")
+            if trees[impl]:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [trees[impl], env.get("PYTHONPATH", "")]))
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 print(f"{impl} failed:\n{out.stderr[-2000:]}", file=sys.stderr)

@@ -54,7 +54,7 @@ def sha256(path: Path) -> str:
 def tokens() -> list[int]:
     """The fixed prompt: BOS + the first N_TOKENS - 1 tokens of the demo's held-out text."""
     from pycohere import DEMO_MODEL
-    from pycohere.tokenizer import CohereTokenizer
+    from pycohere.text.tokenizer import CohereTokenizer
     tok = CohereTokenizer.from_pretrained(DEMO_MODEL)
     text = (Path(DEMO_MODEL) / "heldout.txt").read_text(encoding="utf-8")
     ids = tok.encode(text, add_special_tokens=True)
@@ -65,8 +65,8 @@ def llama_compatible_demo(folder: Path) -> Path:
     """The demo model without q_norm / k_norm, as a bf16 checkpoint in ``folder`` (deterministic)."""
     import shutil
     import pycohere
-    from pycohere.quant.storage import SafetensorsWriter, TensorSpec
-    from pycohere.weights import Checkpoint
+    from pycohere.io.safetensors import SafetensorsWriter, TensorSpec
+    from pycohere.io.safetensors import Checkpoint
     src, dst = Path(pycohere.DEMO_MODEL), folder / "demo-no-qk-norm"
     if (dst / "model.safetensors").exists():
         return dst

@@ -31,8 +31,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import numpy as np
     import pycohere
-    from pycohere.backends import attention_kernel, resolve_backend
-    from pycohere.weights import Checkpoint
+    from pycohere.kernels.dispatch import attention_kernel, resolve_backend
+    from pycohere.io.safetensors import Checkpoint
     # import the backend's modules (numba, llvmlite) first: we measure the checkpoint, not the library
     attention_kernel(resolve_backend(args.backend), args.dtype)
     before = rss_bytes()

@@ -125,10 +125,10 @@ def random_bf16(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 
 
 def speed(args) -> dict:
-    from pycohere import kernels as K
-    from pycohere.quant import kernels as QK
+    from pycohere.kernels import attention as KA, dense as K
+    from pycohere.kernels import quant as QK
     from pycohere.quant import quantize
-    from pycohere.tensors import DenseWeight
+    from pycohere.spec.weights import DenseWeight
     rows, cols = map(int, args.shape.lower().split("x"))
     raw = random_bf16(rows, cols)
     x = np.random.default_rng(1).standard_normal((1, cols)).astype(np.float32)

@@ -27,15 +27,16 @@ pycohere from ~1e-2 to a few 1e-3 of llama.cpp's logits on quantized GGUF files 
 differences of ~1e-6 upstream flip individual roundings; tests/test_llama_cpp_parity.py).
 
 The rounded blocks are also what makes integer arithmetic possible: for q8_0 / q4_0 weights the
-numba backend multiplies them with the AVX2 integer kernels of ``pycohere.quant.int8_dot`` (the
-readable twin is ``round_activations`` followed by the exact float matmul).
+numba backend multiplies them with the AVX2 integer kernels of ``pycohere.kernels.int8_dot`` (their
+readable twin is this module: ``round_activations`` followed by the exact float matmul).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InputError
-from ..tensors import Weight, bf16_bits
+from ..io.dtypes import bf16_bits
+from ..spec.weights import Weight
 
 # storage of a Weight (DenseWeight dtype or quantization scheme) -> llama.cpp's vec_dot_type
 VEC_DOT_TYPE = {"F32": None, "F64": None, "F16": "f16", "BF16": "bf16", "q8_0": "q8_0", "q4_0": "q8_0",
@@ -111,13 +112,10 @@ class LlamaCppActivations(Weight):
         return self.weight.rows(ids, dtype)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        if self.vec_dot_type == "q8_0" and self.weight.backend == "numba" and x.dtype == np.float32:
-            # the fast twin: integer dot products on the rounded blocks (pycohere.quant.int8_dot)
-            from .int8_dot import gemv_rounded
-            y = gemv_rounded(x.reshape(-1, x.shape[-1]), self.weight.arrays["qweight"], self.storage)
-            if y is not None:
-                return y.reshape(x.shape[:-1] + (self.shape[0],))
         return self.weight.matmul(round_activations(x, self.vec_dot_type))
+
+    def dequantize_rows(self, index, dtype) -> np.ndarray:
+        return self.weight.dequantize_rows(index, dtype)
 
     def __repr__(self) -> str:
         return f"LlamaCppActivations({self.weight!r}, vec_dot_type={self.vec_dot_type})"

@@ -13,6 +13,7 @@ QK-norm weights. A tied head is the embedding, so it is served by the same quant
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -95,3 +96,22 @@ def resolve_quantization(quantization_config=None, load_in_8bit: bool = False,
     raise QuantizationError(
         f"quantization_config must be a pycohere.QuantizationConfig or a dict, got "
         f"{type(quantization_config).__name__}")
+
+
+# --- the on-disk record of a pycohere quantized checkpoint ---------------------------------------------
+# A quantized weight ``W`` is stored as the plain arrays of its scheme (``W.qweight``, ``W.scales``,
+# ``W.mins``); every file's safetensors ``__metadata__`` holds, under METADATA_KEY, the JSON string
+# ``{"format_version": 1, "tensors": {W: {"scheme", "group_size", "shape": [out, in], "version"}}}``.
+METADATA_KEY = "pycohere_quantization"
+STORAGE_VERSION = 1
+
+
+def array_name(tensor: str, array: str) -> str:
+    """The stored name of one packed array of a quantized tensor."""
+    return f"{tensor}.{array}"
+
+
+def metadata_entry(tensors: Mapping[str, dict]) -> dict[str, str]:
+    """The ``__metadata__`` of every file of a quantized checkpoint."""
+    return {METADATA_KEY: json.dumps({"format_version": STORAGE_VERSION, "tensors": dict(tensors)},
+                                     separators=(",", ":"), sort_keys=True)}

@@ -48,7 +48,8 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from ..errors import QuantizationError
-from ..tensors import bf16_bits
+from ..constants import ROW_CHUNK_VALUES
+from ..io.dtypes import bf16_bits
 
 F32 = np.dtype("<f4")
 U8 = np.dtype("u1")
@@ -740,9 +741,6 @@ class Q2_K(_KQuant, name="q2_k"):
 
 # --- whole tensors ------------------------------------------------------------------------------
 FORMAT_VERSION = 1
-# Rows are quantized / dequantized in chunks of about this many values, so temporaries stay a few
-# MiB whatever the tensor (a 256000 x 12288 embedding is never widened to float32 at once).
-_CHUNK_VALUES = 1 << 20
 # Larger magnitudes are refused: far beyond any trained weight, and near float32's maximum the
 # products scale * code of the dequantizer could overflow.
 MAX_ABS_WEIGHT = 1e30
@@ -772,8 +770,8 @@ def _check_shape(shape) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _row_chunks(n_rows: int, row_length: int):
-    step = max(1, _CHUNK_VALUES // row_length)
+def row_chunks(n_rows: int, row_length: int):
+    step = max(1, ROW_CHUNK_VALUES // row_length)
     for start in range(0, n_rows, step):
         yield start, min(n_rows, start + step)
 
@@ -844,7 +842,7 @@ class QuantizedTensor:
                     f"{list(metadata['shape'])} weight, got {a.dtype} {list(a.shape)}")
         return cls(metadata["scheme"], metadata["group_size"], metadata["shape"], arrays)
 
-    def _dequantize_rows(self, index) -> np.ndarray:
+    def dequantize_rows(self, index) -> np.ndarray:
         """Dequantize the rows selected by ``index`` (a slice or int64 ids) -> float32 [k, in]."""
         cls = self.scheme_class
         widths = {name: width for name, (width, _) in cls.block_layout(self.group_size).items()}
@@ -854,8 +852,8 @@ class QuantizedTensor:
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """The full float matrix, built chunk by chunk."""
         out = np.empty(self.shape, dtype=dtype)
-        for start, stop in _row_chunks(*self.shape):
-            out[start:stop] = self._dequantize_rows(slice(start, stop))
+        for start, stop in row_chunks(*self.shape):
+            out[start:stop] = self.dequantize_rows(slice(start, stop))
         return out
 
     def rows(self, ids, dtype=np.float32) -> np.ndarray:
@@ -864,13 +862,13 @@ class QuantizedTensor:
         if ids.dtype.kind not in "iu":
             raise QuantizationError(f"row ids must be integers, got dtype {ids.dtype}")
         flat = ids.reshape(-1).astype(np.int64)  # 64-bit before any arithmetic on them
-        values = self._dequantize_rows(flat) if flat.size else np.empty((0, self.shape[1]), np.float32)
+        values = self.dequantize_rows(flat) if flat.size else np.empty((0, self.shape[1]), np.float32)
         return values.reshape(*ids.shape, self.shape[1]).astype(dtype, copy=False)
 
 
 def _row_source(w):
     """(shape, fetch(start, stop) -> float32 rows) for an array or a pycohere Weight."""
-    from ..tensors import Weight
+    from ..spec.weights import Weight
     if isinstance(w, QuantizedTensor) or getattr(w, "storage", None) in SCHEMES:
         raise QuantizationError(
             f"this weight is already quantized ({getattr(w, 'scheme', None) or w.storage}); "
@@ -883,7 +881,7 @@ def _row_source(w):
     if w.dtype.kind != "f":
         raise QuantizationError(
             f"expected a floating-point weight, got dtype {w.dtype}; bf16 bits stored as uint16 "
-            f"should be wrapped as pycohere.tensors.DenseWeight(raw, 'BF16') first")
+            f"should be wrapped as pycohere.spec.weights.DenseWeight(raw, 'BF16') first")
     return shape, lambda a, b: _to_float32(w[a:b])
 
 
@@ -892,7 +890,7 @@ def _to_float32(values: np.ndarray) -> np.ndarray:
         return values.astype(np.float32, copy=False)
 
 
-def _check_finite(rows: np.ndarray, start: int) -> None:
+def check_finite(rows: np.ndarray, start: int) -> None:
     """NaN/inf, or magnitudes no trained weight has, are refused with their position."""
     finite = np.isfinite(rows)
     if not finite.all():
@@ -923,9 +921,9 @@ def quantize(w, scheme: str = "int8", group_size: int | None = None) -> Quantize
     (rows, cols), fetch = _row_source(w)
     group = cls.resolve_group_size(group_size, cols)
     out = {name: np.empty(shape, dtype) for name, (shape, dtype) in array_shapes(scheme, (rows, cols), group).items()}
-    for start, stop in _row_chunks(rows, cols):
+    for start, stop in row_chunks(rows, cols):
         values = fetch(start, stop)
-        _check_finite(values, start)
+        check_finite(values, start)
         packed = cls.quantize_blocks(values.reshape(-1, group))
         for name, arr in packed.items():
             out[name][start:stop] = arr.reshape(stop - start, -1)

@@ -1,11 +1,13 @@
-"""QuantizedWeight: a packed quantized matrix behind the ``pycohere.tensors.Weight`` interface.
+"""QuantizedWeight: a packed quantized matrix behind the ``pycohere.spec.weights.Weight`` interface.
 
-Layers see the same three operations as for a dense weight: ``matmul`` (``x @ W.T``),
-``dequantize`` and ``rows`` (an embedding lookup). With the numpy backend this class is the
-readable spec: ``matmul`` is ``x @ dequantize().T``, computed over row chunks so that a 256000-row
-head never needs its whole float matrix at once. With ``backend="numba"`` and float32 inputs the
-kernels of ``pycohere.quant.kernels`` (tested against this spec) run instead. The packed arrays
-are held as given (memory-mapped safetensors views stay views).
+Layers see the same three operations as for a dense weight: ``matmul`` (``x @ W.T``), ``dequantize``
+and ``rows`` (an embedding lookup). This class is the readable spec: ``matmul`` is ``x @ dequantize().T``
+computed over row chunks, so that a 256000-row head never needs its whole float matrix at once. The
+Numba kernels (``pycohere.kernels.quant``, tested against this spec) wrap it for the fast path
+(``pycohere.kernels.dispatch.fast_weight``). The packed arrays are held as given (memory-mapped
+safetensors views stay views).
+
+``PermutedWeight`` is a weight whose input columns are stored in another order (GPTQ act-order).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..tensors import CHUNK_ELEMENTS, Weight
+from ..spec.weights import Weight
 from .schemes import QuantizedTensor
 
 
@@ -25,14 +27,12 @@ class QuantizedWeight(Weight):
     result of :func:`pycohere.quant.quantize`.
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], metadata, *, compute_dtype=np.float32,
-                 backend: str = "numpy"):
+    def __init__(self, arrays: Mapping[str, np.ndarray], metadata, *, compute_dtype=np.float32):
         self.tensor = QuantizedTensor.from_arrays(arrays, metadata)
         self.shape = self.tensor.shape
         self.storage = self.tensor.scheme
         self.group_size = self.tensor.group_size
         self.compute_dtype = np.dtype(compute_dtype)
-        self.backend = backend
 
     @classmethod
     def from_tensor(cls, q: QuantizedTensor, **kwargs) -> QuantizedWeight:
@@ -50,34 +50,50 @@ class QuantizedWeight(Weight):
     def nbytes(self) -> int:
         return self.tensor.nbytes
 
+    def dequantize_rows(self, index, dtype) -> np.ndarray:
+        return self.tensor.dequantize_rows(index).astype(dtype, copy=False)
+
     def dequantize(self, dtype=None) -> np.ndarray:
         return self.tensor.dequantize(self.compute_dtype if dtype is None else np.dtype(dtype))
 
     def rows(self, ids, dtype=None) -> np.ndarray:
         # Only the asked-for rows are gathered and dequantized (an embedding lookup on a
         # 256000-row table touches a few rows, never the whole matrix).
-        dtype = self.compute_dtype if dtype is None else np.dtype(dtype)
-        if self.backend == "numba" and dtype == np.float32 and np.asarray(ids).dtype.kind in "iu":
-            from .kernels import quantized_rows
-            return quantized_rows(self.tensor, ids)
-        return self.tensor.rows(ids, dtype)
-
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (..., in) -> x @ dequantize().T (..., out) in x's dtype."""
-        if self.backend == "numba" and x.dtype == np.float32:
-            from .kernels import quantized_matmul
-            return quantized_matmul(x, self.tensor)
-        # The spec, by row chunks: each output column is still one full dot product.
-        out_dim, in_dim = self.shape
-        step = max(1, CHUNK_ELEMENTS // max(1, in_dim))
-        if step >= out_dim:
-            return x @ self.dequantize(x.dtype).T
-        out = np.empty(x.shape[:-1] + (out_dim,), dtype=x.dtype)
-        for r in range(0, out_dim, step):
-            w = self.tensor._dequantize_rows(slice(r, r + step)).astype(x.dtype, copy=False)
-            out[..., r:r + step] = x @ w.T
-        return out
+        return self.tensor.rows(ids, self.compute_dtype if dtype is None else np.dtype(dtype))
 
     def __repr__(self) -> str:
         return (f"QuantizedWeight(shape={self.shape}, storage={self.storage}, "
                 f"group_size={self.group_size})")
+
+
+class PermutedWeight(Weight):
+    """``W`` stored as ``inner = W[:, perm]`` (GPTQ ``desc_act``: input columns reordered so that each
+    quantization group is contiguous). ``x @ W.T == x[..., perm] @ inner.T``; ``dequantize`` and
+    ``rows`` give back W's own column order."""
+
+    def __init__(self, inner: Weight, perm: np.ndarray):
+        self.inner = inner
+        self.perm = np.asarray(perm, dtype=np.int64)
+        self.inverse = np.argsort(self.perm)
+        self.shape = inner.shape
+        self.storage = inner.storage
+        self.compute_dtype = getattr(inner, "compute_dtype", np.dtype(np.float32))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.inner.nbytes + self.perm.nbytes)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.matmul(np.take(x, self.perm, axis=-1))
+
+    def dequantize_rows(self, index, dtype) -> np.ndarray:
+        return self.inner.dequantize_rows(index, dtype)[:, self.inverse]
+
+    def dequantize(self, dtype=None) -> np.ndarray:
+        return self.inner.dequantize(dtype)[:, self.inverse]
+
+    def rows(self, ids, dtype=None) -> np.ndarray:
+        return self.inner.rows(ids, dtype)[..., self.inverse]
+
+    def __repr__(self) -> str:
+        return f"PermutedWeight({self.inner!r})"

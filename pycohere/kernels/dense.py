@@ -1,0 +1,133 @@
+"""Numba kernels for dense (float) weights: the fast twins of ``pycohere.spec.weights.DenseWeight``.
+
+Weights are read straight from the memory map: bf16 as uint16 bits widened in registers
+(``bits << 16`` reinterpreted as float32, an LLVM bitcast: exact and free), f16 through a 64K-entry
+float32 table (Numba has no float16 arithmetic on CPU). No float32 copy of the model exists.
+Every kernel has a NumPy twin named in its docstring and listed in ``pycohere.kernels.registry``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..constants import TILE_ELEMENTS
+from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, njit, prange, u32_as_f32
+
+
+# The dot products below are plain loops on purpose: with reassociation allowed, LLVM vectorises them
+# and keeps several vector accumulators itself (measured faster than hand-unrolled lanes here).
+@njit(cache=True, fastmath=FAST, inline="always")
+def _dot_bf16(x, wrow):
+    s = np.float32(0.0)
+    for j in range(wrow.shape[0]):
+        s += x[j] * u32_as_f32(np.uint32(wrow[j]) << np.uint32(16))
+    return s
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
+def _dot_f16(x, wrow, table):
+    s = np.float32(0.0)
+    for j in range(wrow.shape[0]):
+        s += x[j] * table[wrow[j]]
+    return s
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
+def _dot_f32(x, wrow):
+    s = np.float32(0.0)
+    for j in range(wrow.shape[0]):
+        s += x[j] * wrow[j]
+    return s
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_bf16(x, w):
+    """y = W x for bf16 bits W (out, in) uint16 and x (R, in) float32 -> (R, out).
+    Twin: ``x @ widen(W, "BF16").T``. Parallel over output rows; each weight row is read once
+    for all R input rows (R is the decode batch)."""
+    R = x.shape[0]
+    out = np.empty((R, w.shape[0]), dtype=np.float32)
+    for o in prange(w.shape[0]):
+        for r in range(R):
+            out[r, o] = _dot_bf16(x[r], w[o])
+    return out
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_f16(x, w, table):
+    """Twin: ``x @ widen(W, "F16").T``; W as uint16 bits, widened through ``F16_TABLE``."""
+    R = x.shape[0]
+    out = np.empty((R, w.shape[0]), dtype=np.float32)
+    for o in prange(w.shape[0]):
+        for r in range(R):
+            out[r, o] = _dot_f16(x[r], w[o], table)
+    return out
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_f32(x, w):
+    """Twin: ``x @ W.T`` (float32)."""
+    R = x.shape[0]
+    out = np.empty((R, w.shape[0]), dtype=np.float32)
+    for o in prange(w.shape[0]):
+        for r in range(R):
+            out[r, o] = _dot_f32(x[r], w[o])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def widen_bf16(w):
+    """bf16 bits (rows, in) -> float32 (rows, in). Twin: ``pycohere.io.dtypes.widen(w, "BF16")``."""
+    out = np.empty(w.shape, dtype=np.float32)
+    for i in prange(w.shape[0]):
+        for j in range(w.shape[1]):
+            out[i, j] = u32_as_f32(np.uint32(w[i, j]) << np.uint32(16))
+    return out
+
+
+@njit(cache=True, parallel=True)
+def widen_f16(w, table):
+    out = np.empty(w.shape, dtype=np.float32)
+    for i in prange(w.shape[0]):
+        for j in range(w.shape[1]):
+            out[i, j] = table[w[i, j]]
+    return out
+
+
+def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
+    """x (..., in) float32 @ W.T for an mmap'd raw W (out, in) -> (..., out) float32.
+
+    Decode (few rows): a GEMV kernel that reads W once, widening in registers.
+    Prefill (many rows): W is widened tile by tile and multiplied by BLAS (compute bound).
+    """
+    lead = x.shape[:-1]
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    if storage == "F16":
+        raw = raw.view(np.uint16)
+    if x2.shape[0] <= GEMV_MAX_ROWS:
+        if storage == "BF16":
+            y = gemv_bf16(x2, raw)
+        elif storage == "F16":
+            y = gemv_f16(x2, raw, F16_TABLE)
+        else:
+            y = gemv_f32(x2, raw)
+        return y.reshape(lead + (raw.shape[0],))
+    if storage == "F32":
+        return (x2 @ raw.T).reshape(lead + (raw.shape[0],))
+    out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
+    rows = max(1, TILE_ELEMENTS // raw.shape[1])
+    for r in range(0, raw.shape[0], rows):
+        tile = widen_bf16(raw[r:r + rows]) if storage == "BF16" else widen_f16(raw[r:r + rows], F16_TABLE)
+        out[:, r:r + rows] = x2 @ tile.T  # (matmul into a strided out= slice skips BLAS: copy instead)
+    return out.reshape(lead + (raw.shape[0],))
+
+
+def gather_rows(raw: np.ndarray, storage: str, ids: np.ndarray) -> np.ndarray:
+    """Embedding lookup straight from the map: raw (V, D)[ids] widened to float32."""
+    rows = raw[ids.reshape(-1)]
+    if storage == "BF16":
+        out = widen_bf16(rows)
+    elif storage == "F16":
+        out = widen_f16(rows.view(np.uint16), F16_TABLE)
+    else:
+        out = rows.astype(np.float32)
+    return out.reshape(ids.shape + (raw.shape[1],))

@@ -1,0 +1,133 @@
+"""Choosing the fast twins, in one place: the backend, the CPU's features, and a spec weight's kernels.
+
+``backend="numpy"`` is the specification and always works. ``"numba"`` runs the compiled twins of this
+package for float32 compute (weights read from the memory map, tiled attention); float64 (golden) runs
+always use the NumPy spec. ``"auto"`` picks numba when it imports, else numpy.
+
+:func:`fast_weight` wraps a spec ``Weight`` (dense, quantized, llama.cpp-rounded, permuted) in a
+fast twin whose ``matmul`` / ``rows`` run the kernels chosen here for float32 inputs and fall back to the
+spec otherwise; everything else (``dequantize``, the packed arrays) is the spec weight's own.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..errors import BackendError
+from ..quant.activations import LlamaCppActivations, round_activations
+from ..quant.weight import PermutedWeight, QuantizedWeight
+from ..spec.weights import DenseWeight, Weight
+
+BACKENDS = ("numpy", "numba")
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401  (importable is all this asks)
+    except Exception:  # pragma: no cover - depends on the environment
+        return False
+    return True
+
+
+def resolve_backend(name: str | None) -> str:
+    if name in (None, "auto"):
+        return "numba" if numba_available() else "numpy"
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS + ('auto',))}")
+    if name == "numba" and not numba_available():
+        raise BackendError("backend 'numba' needs the numba package (pip install numba); "
+                           "use backend='numpy' to run the spec")
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset[str]:
+    """The host CPU's features as LLVM names them ("avx2", "avx512f", "avx512vnni", "avx512bf16", ...)."""
+    try:
+        import llvmlite.binding as llvm
+        return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+    except Exception:  # pragma: no cover - unusual llvmlite builds: no feature-specific path
+        return frozenset()
+
+
+def attention_kernel(backend: str, dtype):
+    """The fused attention kernel to use, or None for the NumPy spec (``pycohere.spec.layers.attention``)."""
+    if backend != "numba" or np.dtype(dtype) != np.float32:
+        return None
+    from .attention import fused_attention
+    return fused_attention
+
+
+class FastWeight:
+    """Mixed into a spec weight's own class by :func:`fast_weight`: ``matmul(x)`` / ``rows(ids)`` run the
+    kernels bound at load for float32 and fall back to the spec class's methods otherwise, so a fast
+    weight is still an instance of its spec class (``isinstance(w, QuantizedWeight)``, ``w.arrays``);
+    ``w.spec`` is the plain spec weight it was made from."""
+
+    _matmul = _rows = None
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        if self._matmul is not None and x.dtype == np.float32:
+            return self._matmul(x)
+        return super().matmul(x)
+
+    def rows(self, ids, dtype=None) -> np.ndarray:
+        dtype = self.compute_dtype if dtype is None else np.dtype(dtype)
+        if self._rows is not None and dtype == np.float32 and np.asarray(ids).dtype.kind in "iu":
+            return self._rows(np.asarray(ids))
+        return super().rows(ids, dtype)
+
+    def __repr__(self) -> str:
+        return f"fast {self.spec!r}"
+
+
+_FAST_CLASSES: dict[type, type] = {}
+
+
+def fast_weight(w: Weight) -> Weight:
+    """``w`` with the kernels of its storage bound (an instance of ``Fast<its class>``), or ``w`` itself
+    when no kernel applies. The arrays are shared, never copied."""
+    if isinstance(w, FastWeight):
+        return w
+    matmul, rows = _kernels(w)
+    if matmul is None and rows is None:
+        return w
+    cls = type(w)
+    fast_cls = _FAST_CLASSES.get(cls)
+    if fast_cls is None:
+        fast_cls = _FAST_CLASSES[cls] = type(f"Fast{cls.__name__}", (FastWeight, cls), {})
+    fast = object.__new__(fast_cls)
+    fast.__dict__.update(w.__dict__)
+    fast.spec, fast._matmul, fast._rows = w, matmul, rows
+    return fast
+
+
+def _kernels(w: Weight):
+    """(matmul(x float32) -> y, rows(int ids) -> float32 rows) of a spec weight; None where the spec runs."""
+    from . import dense, int8_dot, quant
+    if isinstance(w, DenseWeight):
+        if w.raw is None:  # materialized: the spec's one BLAS call is the fast path
+            return None, None
+        raw, storage = w.raw, w.storage
+        return (lambda x: dense.dense_matmul(x, raw, storage)), (lambda ids: dense.gather_rows(raw, storage, ids))
+    if isinstance(w, QuantizedWeight):
+        t = w.tensor
+        return (lambda x: quant.quantized_matmul(x, t)), (lambda ids: quant.quantized_rows(t, ids))
+    if isinstance(w, LlamaCppActivations):
+        inner = fast_weight(w.weight)
+        vdt, qweight = w.vec_dot_type, getattr(w.weight, "arrays", {}).get("qweight")
+
+        def matmul(x):
+            if vdt == "q8_0" and qweight is not None:
+                # integer dot products on the rounded blocks, where the host has them
+                y = int8_dot.gemv_rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
+                if y is not None:
+                    return y.reshape(x.shape[:-1] + (w.shape[0],))
+            return inner.matmul(round_activations(x, vdt))
+        return matmul, (lambda ids: inner.rows(ids, np.float32))
+    if isinstance(w, PermutedWeight):
+        inner, perm, inverse = fast_weight(w.inner), w.perm, w.inverse
+        return ((lambda x: inner.matmul(np.take(x, perm, axis=-1))),
+                (lambda ids: inner.rows(ids, np.float32)[..., inverse]))
+    return None, None

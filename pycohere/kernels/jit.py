@@ -1,0 +1,60 @@
+"""Numba set-up shared by every kernel: the jit decorators and flags, bit casts, the f16 table, threads.
+
+Threads: Numba's ``workqueue`` layer is used so that Numba's threads and OpenBLAS's do not
+oversubscribe the cores when a prefill alternates BLAS calls and Numba loops (measured in
+BENCHMARKS.md); the thread count follows the cores. A user's ``NUMBA_THREADING_LAYER`` wins.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+import numba  # noqa: E402
+from numba import njit, prange  # noqa: E402,F401  (re-exported: every kernel module takes them from here)
+
+if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins; numba may be imported already
+    numba.config.THREADING_LAYER = "workqueue"
+
+JIT_DISABLED = bool(numba.config.DISABLE_JIT)
+if JIT_DISABLED:
+    def u32_as_f32(x):
+        """Reinterpret the bits of a uint32 as float32 (plain Python twin of the intrinsic)."""
+        return np.array(x, dtype=np.uint32).view(np.float32)[()]
+else:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _bitcast_u32_f32(typingctx, x):
+        sig = types.float32(types.uint32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+        return sig, codegen
+
+    @njit(inline="always")
+    def u32_as_f32(x):
+        return _bitcast_u32_f32(x)
+
+# f16 bit pattern -> float32 value, for every pattern (256 KiB, stays in L2)
+F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+# fastmath without "ninf"/"nnan": the attention kernels use -inf as "masked", and a NaN in the
+# input must stay visible. Reassociation is what lets LLVM vectorise the dot products.
+FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Rows are handed to the threads in jobs of ROWS_PER_JOB so that per-thread scratch ("lanes") is
+# allocated once per job, not once per row (256000 allocations would cost ~10 ms per token).
+ROWS_PER_JOB = 64
+
+# Up to this many input rows a matmul streams the weights once (decode, memory bound); more rows
+# are a prefill (compute bound: tiles for BLAS).
+GEMV_MAX_ROWS = 8
+
+
+@njit(cache=True, inline="always")
+def f16_at(q, o, b, f16):
+    """The little-endian f16 at bytes b, b+1 of row o, as float32 (through ``F16_TABLE``)."""
+    return f16[np.int32(q[o, b]) | (np.int32(q[o, b + 1]) << np.int32(8))]

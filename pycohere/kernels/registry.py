@@ -1,0 +1,154 @@
+"""Every kernel beside its readable twin, in one table (llm.c's ``dev/cuda`` pattern: the reference first,
+then the fast version, one place that lists them).
+
+Each ``Twin`` names a NumPy function of the spec (``pycohere.spec`` / ``pycohere.quant``), the fast path
+that replaces it (same arguments, the kernels chosen by ``pycohere.kernels.dispatch``), and the Numba
+functions that fast path runs. ``tests/test_kernel_twins.py`` iterates over ``TWINS`` and compares the
+two on hypothesis-drawn shapes, and fails for any Numba function of this package that no twin covers:
+a kernel without a twin test cannot exist.
+
+``check``: how the two must agree. ``"exact"``: bit for bit (dequantizers, gathers, permutations, the
+activation rounding) or, for matmuls, exactly equal on inputs whose float32 arithmetic is exact in any
+summation order (dyadic values of bounded size: a wrong index or nibble cannot hide in rounding);
+``"summation"``: within float32 summation error (4 (n + 8) eps sum |a_j b_j|), for code books that are
+not dyadic (nf4, fp4) and for rounded activations; ``"softmax"``: within 1e-5 relative (attention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..quant.activations import round_q8_0
+from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
+from ..spec import layers as L
+from . import attention, dense, hf, int8_dot, quant
+from .dispatch import fast_weight
+
+
+@dataclass(frozen=True)
+class Twin:
+    name: str            # "matmul/q4_k"
+    kind: str            # what the arguments are: see tests/test_kernel_twins.py
+    case: str            # the storage dtype or scheme the inputs are made in
+    spec: Callable       # the readable NumPy function
+    fast: Callable       # its fast twin, same arguments
+    kernels: tuple       # the Numba functions the fast twin runs
+    check: str = "exact"
+
+
+# --- the pairs --------------------------------------------------------------------------------------
+def _spec_matmul(w, x):
+    return w.matmul(x)
+
+
+def _fast_matmul(w, x):
+    return fast_weight(w).matmul(x)
+
+
+def _spec_rows(w, ids):
+    return w.rows(ids, np.float32)
+
+
+def _fast_rows(w, ids):
+    return fast_weight(w).rows(ids, np.float32)
+
+
+def _spec_dequantize(w):
+    return w.dequantize(np.float32)
+
+
+def _fast_dequantize(w):
+    return quant.dequantize_rows(w.tensor, slice(0, w.shape[0]))
+
+
+def _spec_attention(q, k, v, q_index, kv_start, kv_valid, window):
+    kv_index = np.arange(kv_start, kv_start + k.shape[1])
+    return L.attention(q, k, v, L.attention_mask(q_index, kv_index, kv_valid, window or None))
+
+
+def _fast_decode_attention(q, k, v, q_index, kv_start, kv_valid, window):
+    return attention.decode_attention(q, k, v, q_index, np.int64(kv_start), kv_valid, np.int64(window))
+
+
+def _fast_flash_attention(q, k, v, q_index, kv_start, kv_valid, window):
+    return attention.flash_attention(q, k, v, q_index, np.int64(kv_start), kv_valid, np.int64(window),
+                                     np.int64(attention.FLASH_TILE))
+
+
+def _spec_round_q8_0(x):
+    return round_q8_0(x)
+
+
+def _fast_round_q8_0(x):
+    q, d, _ = int8_dot.quantize_activations(x)
+    return (d[:, :, None] * q.reshape(q.shape[0], -1, 32).astype(np.float32)).reshape(x.shape)
+
+
+def _spec_rounded_matmul(w, x):
+    return round_q8_0(x) @ w.dequantize(np.float32).T
+
+
+def _fast_rounded_matmul(w, x):
+    return int8_dot.gemv_rounded(x, w.arrays["qweight"], w.storage)
+
+
+def _spec_permute(q, perm):
+    return pack_nibbles(unpack_nibbles(q)[:, perm])
+
+
+def _fast_permute(q, perm):
+    out = np.empty_like(q)
+    hf.permute_codes(q, perm, out)
+    return out
+
+
+DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.widen_bf16), "F16": (dense.gemv_f16, dense.widen_f16),
+                 "F32": (dense.gemv_f32,)}
+QUANT_KERNELS = {
+    "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),
+    "int4-asym": (quant.gemv_int4, quant.dequant_int4_asym), "nf4": (quant.gemv_nf4, quant.dequant_nf4),
+    "fp4": (quant.gemv_nf4, quant.dequant_nf4), "bnb-int8": (quant.gemv_int8, hf.dequant_bnb_int8),
+    "q8_0": (quant.gemv_q8_0, quant.dequant_q8_0), "q4_0": (quant.gemv_q4_0, quant.dequant_q4_0),
+    "q4_1": (quant.gemv_q4_1, quant.dequant_q4_1),
+}
+# schemes whose values are not dyadic (code books, LLM.int8's 1/127): their matmuls are compared within
+# float32 summation error
+NON_DYADIC = ("nf4", "fp4", "bnb-int8")
+
+
+def _twins() -> tuple[Twin, ...]:
+    from . import kquant
+    twins = []
+    for storage, kernels in DENSE_KERNELS.items():
+        twins.append(Twin(f"matmul/{storage}", "matmul", storage, _spec_matmul, _fast_matmul, kernels))
+        twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, kernels[1:]))
+    kq = {"q4_k": (kquant.gemv_q4_k, kquant.dequant_q4_k), "q6_k": (kquant.gemv_q6_k, kquant.dequant_q6_k),
+          "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),
+          "q3_k": (kquant.dequant_q3_k,), "q5_k": (kquant.dequant_q5_k,)}
+    for scheme, kernels in {**QUANT_KERNELS, **kq}.items():
+        dequant = kernels[-1]
+        twins.append(Twin(f"matmul/{scheme}", "matmul", scheme, _spec_matmul, _fast_matmul, kernels,
+                          "summation" if scheme in NON_DYADIC else "exact"))
+        twins.append(Twin(f"dequantize/{scheme}", "dequantize", scheme, _spec_dequantize, _fast_dequantize,
+                          (dequant,)))
+        twins.append(Twin(f"rows/{scheme}", "rows", scheme, _spec_rows, _fast_rows, (dequant,)))
+    twins += [
+        Twin("attention/decode", "attention", "float32", _spec_attention, _fast_decode_attention,
+             (attention.decode_attention,), "softmax"),
+        Twin("attention/flash", "attention", "float32", _spec_attention, _fast_flash_attention,
+             (attention.flash_attention,), "softmax"),
+        Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (int8_dot.quantize_q8_0_rows,)),
+        Twin("permute/int4", "permute", "int4", _spec_permute, _fast_permute, (hf.permute_codes,)),
+    ]
+    if int8_dot.AVAILABLE:  # AVX2 hosts: integer dot products on rounded activations
+        twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s, _spec_rounded_matmul, _fast_rounded_matmul,
+                       (kernel,), "summation")
+                  for s, kernel in (("q8_0", int8_dot.gemv_q8_0_q8), ("q4_0", int8_dot.gemv_q4_0_q8))]
+    missing = {s for s in SCHEMES if not any(t.case == s for t in twins)}
+    assert not missing, f"schemes without kernel twins: {missing}"  # (a table edit forgot one)
+    return tuple(twins)
+
+
+TWINS: tuple[Twin, ...] = _twins()

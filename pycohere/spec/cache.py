@@ -1,0 +1,134 @@
+"""Key/value cache.
+
+One ``LayerCache`` per decoder layer holds keys and values as (B, S, K, Dh) in a preallocated buffer
+that grows by doubling (``dynamic``) or is sized once (``static``), so decoding never re-copies the
+whole cache per token. Entries carry their absolute cache index (``start`` + offset): masks are built
+from absolute indices, so a layer may drop old entries without changing any result.
+
+COHERE: Cohere2's sliding-window layers only ever look back ``window - 1`` tokens, so their cache keeps
+just those (it compacts lazily when the buffer fills); full-attention layers keep everything. The two
+kinds therefore have different lengths, which is why lengths are per layer here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CacheError
+
+
+class LayerCache:
+    def __init__(self, window: int | None = None, capacity: int = 0, static: bool = False):
+        self.window = window
+        self.static = static
+        self.capacity = capacity
+        self.k = self.v = None
+        self.start = 0    # absolute cache index of buffer slot 0
+        self.length = 0   # filled slots
+
+    @property
+    def seen(self) -> int:
+        """Tokens this layer has been given in total (= absolute index of the next token)."""
+        return self.start + self.length
+
+    def _compact(self):
+        # Keep the window - 1 newest entries: the oldest any future query can still see.
+        keep = self.window - 1
+        drop = self.length - keep
+        if drop > 0:
+            self.k[:, :keep] = self.k[:, drop:self.length]
+            self.v[:, :keep] = self.v[:, drop:self.length]
+            self.start += drop
+            self.length = keep
+
+    def fits(self, T: int) -> bool:
+        """Whether T more tokens fit (only a static full-attention layer can be full)."""
+        if not self.static or self.window is not None:
+            return True
+        capacity = self.k.shape[1] if self.k is not None else self.capacity
+        return self.length + T <= capacity
+
+    def update(self, k: np.ndarray, v: np.ndarray):
+        """Append k, v (B, T, K, Dh); return (k_all, v_all) (B, S, K, Dh) and their first absolute index."""
+        B, T, K, Dh = k.shape
+        if self.k is None:
+            cap = max(self.capacity, T) if self.static else max(self.capacity, T, 16)
+            self.k = np.empty((B, cap, K, Dh), dtype=k.dtype)
+            self.v = np.empty((B, cap, K, Dh), dtype=v.dtype)
+        elif self.k.shape[0] != B or self.k.shape[2:] != (K, Dh) or self.k.dtype != k.dtype:
+            raise CacheError(f"cache holds batch {self.k.shape[0]}, {self.k.shape[2]} kv heads of "
+                             f"{self.k.shape[3]} ({self.k.dtype}); got batch {B}, {K} heads of {Dh} "
+                             f"({k.dtype}). Use a new cache for a new batch or model.")
+        need = self.length + T
+        if need > self.k.shape[1] and self.window is not None:
+            self._compact()
+            need = self.length + T
+        if need > self.k.shape[1]:
+            if self.static and self.window is None:
+                raise CacheError(f"static cache is full: it holds {self.k.shape[1]} tokens and this call needs "
+                                 f"{need}; create it with a larger max_cache_len")
+            new_cap = max(need, 2 * self.k.shape[1])
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                buf = np.empty((B, new_cap) + old.shape[2:], dtype=old.dtype)
+                buf[:, :self.length] = old[:, :self.length]
+                setattr(self, name, buf)
+        self.k[:, self.length:need] = k
+        self.v[:, self.length:need] = v
+        self.length = need
+        return self.k[:, :need], self.v[:, :need], self.start
+
+
+class KVCache:
+    """The cache of a whole model: ``past_key_values`` in the forward API.
+
+    ``KVCache.for_model(config)`` builds it with the right window per layer; ``static=True`` with
+    ``max_cache_len`` preallocates (transformers' ``cache_implementation="static"``) and refuses to
+    grow past it.
+    """
+
+    def __init__(self, windows: list[int | None], max_cache_len: int | None = None, static: bool = False):
+        if static and not max_cache_len:
+            raise CacheError("a static cache needs max_cache_len (prompt length + max_new_tokens)")
+        self.static = static
+        self.max_cache_len = max_cache_len
+        self.windows = list(windows)
+        cap = max_cache_len or 0
+        self.layers = [LayerCache(w, cap if w is None else min(cap, 2 * w) if cap else 0, static)
+                       for w in windows]
+
+    @classmethod
+    def for_model(cls, config, max_cache_len: int | None = None, static: bool = False) -> "KVCache":
+        return cls(layer_windows(config), max_cache_len=max_cache_len, static=static)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def reserve(self, T: int) -> None:
+        """Raise CacheError unless every layer can take T more tokens (checked before any layer appends)."""
+        if not all(layer.fits(T) for layer in self.layers):
+            raise CacheError(f"static cache is full: it holds {self.max_cache_len} tokens, has "
+                             f"{self.get_seq_length()} and this call adds {T}; create it with a larger max_cache_len")
+
+    def update(self, layer_idx: int, k: np.ndarray, v: np.ndarray):
+        return self.layers[layer_idx].update(k, v)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens processed so far (the absolute index the next token will get)."""
+        return self.layers[layer_idx].seen
+
+    @property
+    def batch_size(self) -> int | None:
+        k = self.layers[0].k
+        return None if k is None else k.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(0 if l.k is None else l.k.nbytes + l.v.nbytes for l in self.layers)
+
+
+def layer_windows(config) -> list[int | None]:
+    """Sliding window per layer: None for full attention (all of Cohere; Cohere2's full layers)."""
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return [None] * config.num_hidden_layers
+    return [config.sliding_window if t == "sliding_attention" else None for t in types]

@@ -1,0 +1,155 @@
+"""Every (spec, kernel) pair of pycohere.kernels.registry, compared on hypothesis-drawn shapes; and no Numba
+function of the package without a twin. Also run as plain Python (NUMBA_DISABLE_JIT=1).
+
+Matmul inputs are dyadic values of bounded size (small integers times a power of two): their float32
+products and sums are exact in any order, so a kernel must equal its spec exactly, whatever its
+summation order; a wrong index, nibble or scale cannot hide in rounding error.
+"""
+import importlib
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pycohere.kernels.registry import TWINS
+from pycohere.quant import QuantizedWeight, get_scheme
+from pycohere.spec.weights import DenseWeight
+
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
+SETTINGS = settings(max_examples=2 if NO_JIT else 10, deadline=None)
+EPS = float(np.finfo(np.float32).eps)
+# f16 fields (byte offsets in a block) of the ggml block types: the scales d and mins / dmin
+F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q4_k": (0, 2),
+              "q6_k": (208,), "q2_k": (80, 82), "q3_k": (108,), "q5_k": (0, 2)}
+
+
+def dyadic(rng, shape, bound, exponent):
+    """Integers in [-bound, bound] times 2**-exponent, as float32."""
+    return (rng.integers(-bound, bound + 1, size=shape) * 2.0 ** -exponent).astype(np.float32)
+
+
+def powers_of_two(rng, shape, exponent):
+    """±2**-exponent or ±2**(1 - exponent)."""
+    return (rng.choice([-2.0, -1.0, 1.0, 2.0], size=shape) * 2.0 ** -exponent).astype(np.float32)
+
+
+def group_of(case: str) -> int:
+    """Values per scale of the weights made for ``case`` (per row: 0)."""
+    if case in ("BF16", "F16", "F32"):
+        return 32
+    cls = get_scheme(case)
+    if cls.bytes_per_block is not None:
+        return cls.block_size
+    return 32 if cls.group_sizes else 0
+
+
+def make_weight(rng, case: str, out_dim: int, blocks: int, exact: bool):
+    """A spec Weight [out_dim, blocks * group] of storage ``case``; with ``exact`` its values are dyadic of
+    bounded size, so that x @ W.T is exact in float32 for dyadic x."""
+    from pycohere.io.dtypes import bf16_bits
+    group = group_of(case) or 32
+    in_dim = group * blocks
+    if case in ("BF16", "F16", "F32"):
+        w = dyadic(rng, (out_dim, in_dim), 64, 6) if exact else rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+        raw = bf16_bits(w) if case == "BF16" else w.astype(np.float16 if case == "F16" else np.float32)
+        return DenseWeight(raw, case)
+    cls = get_scheme(case)
+    if cls.bytes_per_block is not None:  # ggml blocks: random bytes, finite power-of-two f16 fields
+        raw = rng.integers(0, 256, size=(out_dim, blocks, cls.bytes_per_block), dtype=np.uint8)
+        for off in F16_FIELDS[case]:
+            raw[:, :, off:off + 2] = powers_of_two(rng, (out_dim, blocks), 6).astype(np.float16) \
+                .view(np.uint8).reshape(out_dim, blocks, 2)
+        arrays = {"qweight": raw.reshape(out_dim, -1)}
+    else:  # pycohere's and bitsandbytes' schemes: random codes, power-of-two (or any positive) scales
+        group = group_of(case) or in_dim
+        arrays = {}
+        for name, (width, dtype) in cls.block_layout(group).items():
+            shape = (out_dim, in_dim // group * width)
+            if name == "qweight":
+                lo, hi = (-127, 128) if dtype == np.int8 else (0, 256)
+                arrays[name] = rng.integers(lo, hi, size=shape).astype(dtype)
+            elif name == "scales":
+                arrays[name] = (np.abs(powers_of_two(rng, shape, 4)) if exact
+                                else rng.uniform(0.01, 1, shape).astype(np.float32))
+            else:  # mins
+                arrays[name] = dyadic(rng, shape, 8, 4)
+    return QuantizedWeight(arrays, {"scheme": case, "group_size": group, "shape": [out_dim, in_dim]})
+
+
+def summation_bound(a, b):
+    """Float32 summation error of a @ b.T in any order, with slack."""
+    a, b = np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))
+    return 4 * (a.shape[-1] + 8) * EPS * (a @ b.T) + 1e-30
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=[t.name for t in TWINS])
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 3 if NO_JIT else 12), out_dim=st.integers(1, 3 if NO_JIT else 24),
+       blocks=st.integers(1, 2 if NO_JIT else 4))
+def test_kernel_equals_its_twin(twin, seed, rows, out_dim, blocks):
+    rng = np.random.default_rng(seed)
+    if twin.kind in ("matmul", "rows", "dequantize", "rounded-matmul"):
+        exact = twin.check == "exact"
+        w = make_weight(rng, twin.case, out_dim, blocks if group_of(twin.case) <= 32 else min(blocks, 2), exact)
+        if twin.kind == "matmul":
+            x = dyadic(rng, (rows, w.shape[1]), 3, 2) if exact else rng.standard_normal((rows, w.shape[1])).astype(np.float32)
+            got, want = twin.fast(w, x), twin.spec(w, x)
+            assert got.shape == want.shape == (rows, out_dim) and got.dtype == np.float32
+            if exact:
+                np.testing.assert_array_equal(got, want)
+            else:
+                assert (np.abs(got - want) <= 2 * summation_bound(x, w.dequantize())).all()
+        elif twin.kind == "rounded-matmul":
+            x = rng.standard_normal((min(rows, 8), w.shape[1])).astype(np.float32)
+            got, want = twin.fast(w, x), twin.spec(w, x)
+            from pycohere.quant.activations import round_q8_0
+            assert (np.abs(got - want) <= 2 * summation_bound(round_q8_0(x), w.dequantize())).all()
+        elif twin.kind == "rows":
+            ids = rng.integers(0, out_dim, size=(2, rows))
+            np.testing.assert_array_equal(twin.fast(w, ids).view(np.uint32), twin.spec(w, ids).view(np.uint32))
+        else:
+            np.testing.assert_array_equal(twin.fast(w).view(np.uint32), twin.spec(w).view(np.uint32))
+    elif twin.kind == "attention":
+        B, T, K, G, Dh = int(rng.integers(1, 3)), rows, int(rng.integers(1, 3)), int(rng.integers(1, 3)), 8
+        past = int(rng.integers(0, 9))
+        S = past + T
+        q = rng.standard_normal((B, T, K * G, Dh)).astype(np.float32)
+        k = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
+        v = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
+        kv_valid = rng.random((B, S)) < 0.8
+        window = int(rng.choice([0, 1, 3, 64]))
+        q_index = np.arange(past, past + T, dtype=np.int64)
+        got = twin.fast(q, k, v, q_index, 0, kv_valid, window)
+        want = twin.spec(q, k, v, q_index, 0, kv_valid, window)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    elif twin.kind == "round":
+        x = (rng.standard_normal((rows, 32 * blocks)) * np.exp(rng.uniform(-4, 4))).astype(np.float32)
+        # the same codes and scales: d * q equal (the spec's rint may give -0.0 where the int8 code 0 gives +0.0)
+        np.testing.assert_array_equal(twin.fast(x), twin.spec(x))
+    elif twin.kind == "permute":
+        q = rng.integers(0, 256, size=(out_dim, 16 * blocks), dtype=np.uint8)
+        perm = rng.permutation(32 * blocks)
+        np.testing.assert_array_equal(twin.fast(q, perm), twin.spec(q, perm))
+    else:  # pragma: no cover - a registry entry this test does not know how to feed
+        pytest.fail(f"no inputs for twin kind {twin.kind!r}")
+
+
+@pytest.mark.skipif(NO_JIT, reason="without the JIT there are no Numba functions to enumerate")
+def test_every_kernel_has_a_twin():
+    from numba.core.registry import CPUDispatcher
+    covered = {id(k) for t in TWINS for k in t.kernels}
+    orphans = []
+    for name in ("attention", "dense", "hf", "int8_dot", "jit", "kquant", "quant"):
+        module = importlib.import_module(f"pycohere.kernels.{name}")
+        for attr, value in vars(module).items():
+            if (isinstance(value, CPUDispatcher) and value.__module__ == module.__name__
+                    and value.targetoptions.get("inline") != "always" and id(value) not in covered):
+                orphans.append(f"{module.__name__}.{attr}")
+    assert not orphans, f"Numba functions without a twin in pycohere.kernels.registry: {orphans}"
+
+
+@pytest.mark.skipif(NO_JIT, reason="this is the launcher of the NUMBA_DISABLE_JIT run itself")
+def test_twins_also_pass_as_plain_python():
+    from conftest import assert_passes_without_jit
+    assert_passes_without_jit(__file__)
