@@ -1,10 +1,11 @@
-"""Looking inside a forward pass: recording named intermediates (``recorder``), the terminal walkthrough
-of one token (``explain``) and attention-mask pictures (``masks``).
+"""Looking inside a forward pass: the terminal walkthrough of one token (``explain``) and attention-mask
+pictures (``masks``); ``Recorder`` (the tap that keeps copies) is defined with the tap names in
+``pycohere.spec.taps``.
 
 May import: everything up to ``pycohere.text``; never ``pycohere.cli``.
 """
 from .explain import explain
 from .masks import AttentionMaskVisualizer, render_masks
-from .recorder import Recorder
+from ..spec.taps import Recorder
 
 __all__ = ["AttentionMaskVisualizer", "Recorder", "explain", "render_masks"]

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..spec.cache import layer_windows
 from ..spec.taps import GLOBAL_AFTER, GLOBAL_BEFORE, LAYER_OPS
-from .recorder import Recorder
+from ..spec.taps import Recorder
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # The files whose docstrings and ``# COHERE:`` comments the walkthrough quotes, relative to the package.

@@ -27,6 +27,7 @@ from ..spec import layers as L
 from ..spec.cache import KVCache, layer_windows
 from ..spec.params import Dims, ForwardState, ModelParams
 from ..spec.rope import compute_inv_freq, rope_cos_sin
+from ..spec.taps import Hooks, Recorder, make_tap
 from . import engine
 from .inputs import (ACTIVATION_MODES, check_cache, check_embeds, check_labels, check_mask,
                      check_positions, check_token_ids, keep_positions, resolve_dtype)
@@ -165,12 +166,23 @@ class CohereModel(_Pretrained):
     # -- forward ------------------------------------------------------------------------------
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                  use_cache: bool = False, output_hidden_states: bool = False,
-                 output_attentions: bool = False, inputs_embeds=None, recorder=None) -> BaseModelOutputWithPast:
+                 output_attentions: bool = False, inputs_embeds=None, recorder=None, hooks=None) -> BaseModelOutputWithPast:
+        """transformers' forward. ``recorder``: a tap ``rec(name, activation)`` shown every intermediate
+        (``pycohere.Recorder``); ``hooks``: {tap name or pattern: fn(activation, name)} whose non-None
+        results replace the activation for the rest of the forward (``pycohere.spec.taps``)."""
+        tap = make_tap(recorder, hooks)
+        out = self._run(input_ids, attention_mask, position_ids, past_key_values, use_cache, output_hidden_states,
+                        output_attentions, inputs_embeds, tap)
+        _check_hooks(tap)
+        return out
+
+    def _run(self, input_ids, attention_mask, position_ids, past_key_values, use_cache, output_hidden_states,
+             output_attentions, inputs_embeds, tap) -> BaseModelOutputWithPast:
         x, state, cache = self._prepare(input_ids, attention_mask, position_ids, past_key_values, use_cache,
                                         inputs_embeds)
         all_hidden = [x] if output_hidden_states else None
         all_attn = [] if output_attentions else None
-        h = self._forward(x, state, cache, recorder, all_hidden, all_attn)
+        h = self._forward(x, state, cache, tap, all_hidden, all_attn)
         if output_hidden_states:
             all_hidden[-1] = h  # as transformers: the last hidden state is taken after the final norm
         return BaseModelOutputWithPast(h, cache if use_cache or past_key_values is not None else None,
@@ -198,6 +210,13 @@ class CohereModel(_Pretrained):
 
 def _no_cache(k, v):
     return k, v, 0
+
+
+def _check_hooks(tap) -> None:
+    unmatched = tap.unmatched() if isinstance(tap, Hooks) else []
+    if unmatched:
+        raise InputError(f"hook name(s) {unmatched} matched no intermediate of this forward; tap names look like "
+                         "embed_tokens, layers.0.q_rope, layers.3.attn_out, norm, logits (pycohere.spec.taps)")
 
 
 def _layer_tap(recorder, all_attn, layer: int):
@@ -232,16 +251,28 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                  use_cache: bool = False, output_hidden_states: bool = False, output_attentions: bool = False,
-                 logits_to_keep: int | Any = 0, labels=None, inputs_embeds=None, recorder=None) -> CausalLMOutput:
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache,
-                         output_hidden_states, output_attentions, inputs_embeds, recorder)
+                 logits_to_keep: int | Any = 0, labels=None, inputs_embeds=None, recorder=None,
+                 hooks=None) -> CausalLMOutput:
+        """transformers' forward; ``recorder`` and ``hooks`` as for ``CohereModel``."""
+        tap = make_tap(recorder, hooks)
+        out = self.model._run(input_ids, attention_mask, position_ids, past_key_values, use_cache,
+                              output_hidden_states, output_attentions, inputs_embeds, tap)
         h = out.last_hidden_state                                     # (B, T, D)
         h_kept = keep_positions(h, logits_to_keep)                   # (B, T', D) or (N, D)
-        logits = L.tap(recorder, "logits", L.lm_head(h_kept, self.params.lm_head, self.config.logit_scale))
+        logits = L.tap(tap, "logits", L.lm_head(h_kept, self.params.lm_head, self.config.logit_scale))
+        _check_hooks(tap)
         loss = None
         if labels is not None:
             loss = L.causal_lm_loss(logits, check_labels(labels, logits, h.shape[1]))
         return CausalLMOutput(logits, loss, out.past_key_values, out.hidden_states, out.attentions)
+
+    def run_with_cache(self, input_ids=None, names=None, hooks=None, **kwargs):
+        """``(output, cache)``: the forward of ``input_ids`` and every intermediate it computed, as
+        TransformerLens's ``run_with_cache``: ``cache[name]`` is the activation (a copy, after any hook),
+        ``names`` fnmatch patterns selecting which to keep (default: all), ``hooks`` as for ``__call__``."""
+        rec = Recorder(("*",) if names is None else names)
+        out = self(input_ids, recorder=rec, hooks=hooks, **kwargs)
+        return out, dict(rec.records)
 
     # -- the generation protocol (pycohere.generation.utils.GenerationMixin) ----------------------
     def _check_token_ids(self, input_ids) -> np.ndarray:

@@ -7,6 +7,12 @@ although the two branches are parallel), which is what "first divergence" walks.
 """
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
+import numpy as np
+
+from ..errors import InputError
+
 GLOBAL_BEFORE = {
     "embed_tokens": "embedding lookup E[ids]",
     "rope_cos": "RoPE cos table",
@@ -65,3 +71,67 @@ def describe(name: str, extra: dict | None = None) -> str:
     what = {**GLOBAL_BEFORE, **LAYER_OPS, **GLOBAL_AFTER, **(extra or {})}.get(op)
     text = f"{op} ({what})" if what else op
     return text if layer is None else f"layer {layer}, {text}"
+
+
+# --- taps: what a forward shows its intermediates to ---------------------------------------------------
+class Recorder:
+    """Keep copies of the intermediates whose names match any of ``patterns`` (fnmatch, default all)."""
+
+    def __init__(self, patterns=("*",)):
+        self.patterns = tuple([patterns] if isinstance(patterns, str) else patterns)
+        self.records: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, value: np.ndarray) -> None:
+        if any(fnmatchcase(name, p) for p in self.patterns):
+            self.records[name] = np.array(value, copy=True)
+
+    def __getitem__(self, name):
+        return self.records[name]
+
+    def __contains__(self, name):
+        return name in self.records
+
+    def keys(self):
+        return self.records.keys()
+
+
+def matches(name: str, pattern: str) -> bool:
+    return name == pattern or fnmatchcase(name, pattern)
+
+
+class Hooks:
+    """A tap that runs hooks and then a recorder: ``hooks`` maps tap names or fnmatch patterns to
+    ``fn(activation, name)``; a hook's non-None return value replaces the activation for the rest of the
+    forward (it must keep the shape), and the recorder (if any) sees the final value.
+    ``unmatched()`` lists the patterns that saw no tap (a typo in a hook name)."""
+
+    def __init__(self, hooks: dict, recorder=None):
+        if not isinstance(hooks, dict) or not all(isinstance(k, str) and callable(f) for k, f in hooks.items()):
+            raise InputError("hooks must be a dict {tap name or pattern: fn(activation, name) -> array or None}, "
+                             "e.g. {'layers.0.attn_out': lambda a, name: 0 * a}")
+        self.hooks, self.recorder = dict(hooks), recorder
+        self.seen: set[str] = set()
+
+    def __call__(self, name: str, value: np.ndarray):
+        for pattern, fn in self.hooks.items():
+            if matches(name, pattern):
+                self.seen.add(pattern)
+                out = fn(value, name)
+                if out is not None:
+                    out = np.asarray(out)
+                    if out.shape != value.shape:
+                        raise InputError(f"the hook for {pattern!r} returned shape {out.shape} for {name!r}, whose "
+                                         f"activation is {value.shape}; a hook must return an array of the same shape "
+                                         "(or None to leave the activation as it is)")
+                    value = out.astype(value.dtype, copy=False)
+        if self.recorder is not None:
+            self.recorder(name, value)
+        return value
+
+    def unmatched(self) -> list[str]:
+        return [p for p in self.hooks if p not in self.seen]
+
+
+def make_tap(recorder=None, hooks=None):
+    """The one tap of a forward call: the recorder alone, or hooks then the recorder (None: no tap)."""
+    return Hooks(hooks, recorder) if hooks else recorder
