@@ -11,8 +11,11 @@ from .export import convert_to_gguf, quantize_checkpoint
 from .generation import (BaseStreamer, GenerateDecoderOnlyOutput, GenerationConfig, GenerationMixin,
                          TextIteratorStreamer, TextStreamer)
 from .introspect import Recorder
-from .model import (AutoModel, AutoModelForCausalLM, BaseModelOutputWithPast, CausalLMOutput,
-                    Cohere2ForCausalLM, Cohere2Model, CohereForCausalLM, CohereModel)
+from .model import (AutoModel, BaseModelOutputWithPast, CausalLMOutput, Cohere2ForCausalLM, Cohere2Model,
+                    CohereForCausalLM, CohereModel)
+# transformers' AutoModelForCausalLM, which also takes tensor_parallel= (pycohere.parallel): the model layer
+# cannot import the services above it, so the facade offers the combined entry point.
+from .parallel import TensorParallelAutoModelForCausalLM as AutoModelForCausalLM
 from .pipeline import TextGenerationPipeline, pipeline
 from .quant.config import QuantizationConfig
 from .spec.cache import KVCache

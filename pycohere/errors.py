@@ -78,3 +78,28 @@ class QuantizationError(PycohereError, ValueError):
 
 class BackendError(PycohereError, ValueError):
     """An unknown backend was asked for, or the asked-for backend cannot run here."""
+
+
+# --- beyond one process (pycohere.parallel) ------------------------------------------------
+class MissingExtraError(PycohereError, ImportError):
+    """An optional capability was asked for whose packages are not installed (``pycohere[mpi]``, ``pycohere[dask]``)."""
+
+
+class ParallelError(PycohereError, RuntimeError):
+    """A run over several processes or machines failed (tensor parallelism over MPI, a Dask job)."""
+
+
+class ShardingError(ParallelError, ValueError):
+    """The model cannot be split the asked number of ways (heads, kv heads, quantized blocks)."""
+
+
+class RankFailedError(ParallelError):
+    """Another rank of a tensor-parallel group failed or died; this rank stops too (the group is unusable)."""
+
+
+class RankTimeoutError(RankFailedError, TimeoutError):
+    """A rank of a tensor-parallel group did not answer within the timeout."""
+
+
+class CheckpointMismatchError(CheckpointError, ParallelError):
+    """The ranks of a tensor-parallel group opened checkpoints that differ (config, tensors or weights)."""

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RankTimeoutError
 from ..generation.streamers import TextStreamer
 from .common import add_model_args, load_model_and_tokenizer, sampling_kwargs
 
@@ -31,7 +31,36 @@ class _CountingStreamer:
         self.inner.end()
 
 
-def cmd_generate(args) -> int:
+def _tensor_parallel(command):
+    """With --tp: load over the MPI world (``mpiexec -n N``); ranks other than 0 follow rank 0 (``serve``)
+    and print nothing; rank 0 runs ``command`` and then releases them (or hands them its error, so that
+    every rank names it). A rank that times out ends the job: the stuck rank would keep mpiexec waiting."""
+    def run(args) -> int:
+        if not args.tp:
+            return command(args, None)
+        from ..demo import DEMO_MODEL
+        from ..parallel import from_pretrained
+        from ..parallel.mpi import MPICommunicator
+        from ..text.tokenizer import CohereTokenizer
+        comm = MPICommunicator()  # first: a rank that fails from here on reaches the others
+        try:
+            # (the path is probed inside from_pretrained, where a failure on one rank reaches every rank)
+            model = from_pretrained(args.model or DEMO_MODEL, comm, dtype=args.dtype, backend=args.backend,
+                                    activations=args.activations)
+            if not comm.is_root:
+                return model.serve()
+            with model:
+                return command(args, (model, CohereTokenizer.from_pretrained(model.probe)))
+        except RankTimeoutError as e:
+            print(f"pycohere: error: {e}", file=sys.stderr, flush=True)
+            comm.abort(2)
+            raise  # (not reached)
+    run.__doc__ = command.__doc__
+    return run
+
+
+@_tensor_parallel
+def cmd_generate(args, loaded=None) -> int:
     """Stream a continuation of the prompt (or of standard input when piped)."""
     prompt = args.prompt
     if prompt is None:
@@ -39,7 +68,7 @@ def cmd_generate(args) -> int:
             raise InputError("give a prompt: pycohere generate \"text\" (or pipe it in on standard input)")
         prompt = sys.stdin.read()
         prompt = prompt[:-1] if prompt.endswith("\n") else prompt
-    model, tok = load_model_and_tokenizer(args)
+    model, tok = loaded or load_model_and_tokenizer(args)
     if args.chat:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
     else:
@@ -68,9 +97,10 @@ def cmd_generate(args) -> int:
 CHAT_HELP = "commands: /system TEXT (set the system message), /reset (forget the conversation), /exit"
 
 
-def cmd_chat(args) -> int:
+@_tensor_parallel
+def cmd_chat(args, loaded=None) -> int:
     """Interactive chat with history; works on a terminal and with piped input."""
-    model, tok = load_model_and_tokenizer(args)
+    model, tok = loaded or load_model_and_tokenizer(args)
     tty = sys.stdin.isatty()
     system = args.system
     history: list[dict] = []
@@ -109,6 +139,10 @@ def cmd_chat(args) -> int:
     return 0
 
 
+TP_HELP = ("tensor parallelism over MPI: run as mpiexec -n N pycohere ... --tp (N ranks, each holding 1/N of "
+           "the weights; only rank 0 prints). Needs pip install 'pycohere[mpi]'")
+
+
 def register(sub) -> None:
     gen = sub.add_parser("generate", help="continue a prompt, streaming the tokens",
                          description="Continue PROMPT (or standard input when piped) and stream the tokens; "
@@ -117,10 +151,12 @@ def register(sub) -> None:
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as a user turn")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     add_model_args(gen)
+    gen.add_argument("--tp", action="store_true", help=TP_HELP)
     gen.set_defaults(func=cmd_generate)
 
     chat = sub.add_parser("chat", help="interactive chat (also works with piped input)",
                           description="Chat with the model. " + CHAT_HELP + ".")
     chat.add_argument("--system", default=None, help="system message (preamble)")
     add_model_args(chat)
+    chat.add_argument("--tp", action="store_true", help=TP_HELP)
     chat.set_defaults(func=cmd_chat)

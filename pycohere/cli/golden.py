@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 from ..checkpoints.probe import probe
-from ..errors import CheckpointNotFoundError, InputError, TokenizerError
+from ..errors import CheckpointNotFoundError, InputError
 from ..golden.bundle import DEFAULT_MAX_ATTN_BYTES, DEFAULT_TOP_K, PROFILES, Bundle
 from ..golden.compare import Report, compare_bundles, verify_model
+from ..golden.job import DEFAULT_CHUNK, GoldenJob, TaskStore, tokenize
 from ..golden.make import make_bundle, rerun
 from ..model import AutoModelForCausalLM
-from ..text.tokenizer import CohereTokenizer
 from .runner import run_commands
 
 
@@ -51,36 +51,46 @@ def _read_text(path, flag) -> str:
         raise InputError(f"{flag} file {path} is not UTF-8 text") from None
 
 
-def tokenize_prompts(model_dir: Path, texts: list[str]) -> list[list[int]]:
-    if not (Path(model_dir) / "tokenizer.json").is_file():
-        raise TokenizerError(f"{model_dir} has no tokenizer.json, so --prompts cannot be tokenized; pass token "
-                             "ids instead with --ids FILE (one prompt a line, space-separated ids)")
-    tok = CohereTokenizer.from_pretrained(model_dir)
-    return [list(tok.encode(t)) for t in texts]
-
-
 def _load_model(path, dtype: str = "float64", backend: str = "numpy"):
     found = probe(path)
     return AutoModelForCausalLM.from_pretrained(found, dtype=dtype, backend=backend), found.path
 
 
 def cmd_make(args) -> int:
-    model, model_dir = _load_model(args.model, "float64", "numpy")
-    if args.prompts:
-        texts = read_prompts_file(args.prompts)
-        prompts = tokenize_prompts(model_dir, texts)
-    else:
-        texts, prompts = None, read_ids_file(args.ids)
+    models = args.model if isinstance(args.model, list) else [args.model]
+    scheduler, cache = getattr(args, "scheduler", None), getattr(args, "cache", None)
+    texts = read_prompts_file(args.prompts) if args.prompts else None
+    ids = None if args.prompts else read_ids_file(args.ids)
     patterns = [p.strip() for p in args.taps.split(",") if p.strip()] if args.taps else ["*"]
-    bundle = make_bundle(model, prompts, texts=texts, taps=patterns, generate=args.generate, top_k=args.top_k,
-                         max_attn_bytes=args.max_attn_bytes, model_dir=model_dir, timestamp=args.timestamp)
-    bundle.save(args.output)
+    if len(models) == 1 and scheduler is None and cache is None:  # one bundle, in this process
+        model, model_dir = _load_model(models[0], "float64", "numpy")
+        prompts = tokenize(model_dir, texts) if texts else ids
+        bundle = make_bundle(model, prompts, texts=texts, taps=patterns, generate=args.generate, top_k=args.top_k,
+                             max_attn_bytes=args.max_attn_bytes, model_dir=model_dir, timestamp=args.timestamp)
+        bundle.save(args.output)
+        _report(Path(args.output), bundle, args.generate)
+        return 0
+    if cache is None and scheduler is not None:
+        cache = str(Path(args.output)) + ".tasks"
+    job = GoldenJob(models, Path(args.output), texts, ids, patterns, args.generate, args.top_k, args.max_attn_bytes,
+                    args.timestamp, getattr(args, "chunk", DEFAULT_CHUNK), TaskStore(cache) if cache else None)
+    if scheduler is None:
+        done = job.run()
+    else:
+        from ..parallel.golden_dask import dask_executor
+        with dask_executor(scheduler, getattr(args, "workers", None)) as executor:
+            done = job.run(executor)
+    for path, bundle, ran, found in done:
+        _report(path, bundle, args.generate, f"; {ran} task(s) run, {found} found in {cache}" if cache else "")
+    return 0
+
+
+def _report(path: Path, bundle: Bundle, generate: int, tasks: str = "") -> None:
     n_taps = sum(len(t) for t in bundle.taps)
-    print(f"wrote {args.output}: {bundle.num_prompts} prompt(s), {n_taps} tap tensors, "
-          f"{args.generate} generated token(s) each (float64 spec)")
+    print(f"wrote {path}: {bundle.num_prompts} prompt(s), {n_taps} tap tensors, "
+          f"{generate} generated token(s) each (float64 spec){tasks}")
     for name, why in bundle.manifest["omitted_taps"].items():
         print(f"  omitted {name}: {why}")
-    return 0
 
 
 def cmd_check(args) -> int:
@@ -132,8 +142,11 @@ def register(subparsers) -> None:
     gsub = g.add_subparsers(dest="golden_command", metavar="{make,check,diff}")
     g.set_defaults(func=lambda args: (g.print_help(), 2)[1])
 
-    mk = gsub.add_parser("make", help="run the float64 spec and write a bundle")
-    mk.add_argument("model", help="checkpoint folder or hub repo id")
+    mk = gsub.add_parser("make", help="run the float64 spec and write a bundle (several checkpoints: a batch job)",
+                         description="Run the float64 spec on the prompts and write a golden bundle: OUT itself for "
+                         "one checkpoint, OUT/<checkpoint name> for each of several. --scheduler runs the "
+                         "(checkpoint, prompt chunk) tasks on Dask, with the same bytes as the serial run.")
+    mk.add_argument("model", nargs="+", help="checkpoint folder(s) or hub repo id(s)")
     src = mk.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", metavar="FILE", help="text prompts, one a line (needs the model's tokenizer.json)")
     src.add_argument("--ids", metavar="FILE", help="token ids, one prompt a line, space-separated")
@@ -145,6 +158,16 @@ def register(subparsers) -> None:
     mk.add_argument("--max-attn-bytes", type=_positive_int, default=DEFAULT_MAX_ATTN_BYTES, metavar="N",
                     help="omit attention probabilities when they would take more bytes (0: always omit)")
     mk.add_argument("--timestamp", action="store_true", help="record the creation time (makes files differ run to run)")
+    job = mk.add_argument_group("batch job")
+    job.add_argument("--scheduler", metavar="local|tcp://HOST:8786", help="run the tasks on Dask distributed: "
+                     "'local' starts a cluster on this machine, an address uses a running scheduler "
+                     "(needs pip install 'pycohere[dask]'); default: in this process")
+    job.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="with --scheduler local: worker processes (default: the CPU count)")
+    job.add_argument("--chunk", type=_positive_int, default=DEFAULT_CHUNK, metavar="K",
+                     help=f"prompts per task (default {DEFAULT_CHUNK})")
+    job.add_argument("--cache", metavar="DIR", help="store of finished tasks, found again on a rerun "
+                     "(content-addressed; default with --scheduler: OUT.tasks)")
     mk.set_defaults(func=cmd_make)
 
     ck = gsub.add_parser("check", help="re-run pycohere on a bundle's inputs and compare")

@@ -97,6 +97,39 @@ def attn_probs_bytes(config, lengths, patterns=("*",), itemsize: int = 8) -> int
     return sum(layers * config.num_attention_heads * T * T * itemsize for T in lengths)
 
 
+def plan_bundle(config, prompts, taps=("*",), generate=0, top_k: int = DEFAULT_TOP_K,
+                max_attn_bytes: int = DEFAULT_MAX_ATTN_BYTES):
+    """The decisions taken over *all* prompts before any runs: prompts as int64 arrays, generated tokens per
+    prompt, and the tap patterns excluded by the size cap (with the manifest's reason). A job that runs
+    the prompts in chunks takes them here, so each chunk computes what the whole run would."""
+    prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    if not prompts or any(p.size == 0 for p in prompts):
+        raise InputError("a golden bundle needs at least one prompt and every prompt at least one token")
+    n_gen = list(generate) if isinstance(generate, (list, tuple)) else [int(generate)] * len(prompts)
+    if any(g < 0 for g in n_gen) or top_k < 1:
+        raise InputError(f"--generate must be >= 0 and --top-k >= 1 (got {generate}, {top_k})")
+    exclude, omitted = [], {}
+    need = attn_probs_bytes(config, [len(p) for p in prompts], taps)
+    if need > max_attn_bytes:
+        exclude.append("*attn_probs")
+        omitted["attn_probs"] = (f"size cap: the selected attention probabilities would take {need} bytes > "
+                                 f"max_attn_bytes {max_attn_bytes}")
+    return prompts, n_gen, exclude, omitted
+
+
+def run_prompts(model, prompts, positions, taps, exclude, n_gen, top_k) -> tuple[list, list, list]:
+    """(inputs, taps, outputs) of each prompt, one after another (``make_bundle``'s loop; a job's chunk)."""
+    inputs, taps_out, outputs = [], [], []
+    for p, ids in enumerate(prompts):
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.arange(len(ids), dtype=np.int64) if positions is None else np.asarray(positions[p], np.int64)
+        collector = TapCollector(taps, exclude)
+        outputs.append(run_prompt(model, ids, pos, collector, n_gen[p], top_k))
+        taps_out.append(collector.taps)
+        inputs.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": pos})
+    return inputs, taps_out, outputs
+
+
 def make_bundle(model, prompts, *, texts=None, taps=("*",), generate: int = 0, top_k: int = DEFAULT_TOP_K,
                 max_attn_bytes: int = DEFAULT_MAX_ATTN_BYTES, model_dir: Path | None = None,
                 position_ids=None, timestamp: bool = False) -> Bundle:
@@ -106,28 +139,18 @@ def make_bundle(model, prompts, *, texts=None, taps=("*",), generate: int = 0, t
     manifest says so) when the selected ones would take more than ``max_attn_bytes``. ``generate``
     may be an int or one int per prompt; ``position_ids``: one array per prompt (default 0..T-1).
     """
-    prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
-    if not prompts or any(p.size == 0 for p in prompts):
-        raise InputError("a golden bundle needs at least one prompt and every prompt at least one token")
-    n_gen = list(generate) if isinstance(generate, (list, tuple)) else [int(generate)] * len(prompts)
-    if any(g < 0 for g in n_gen) or top_k < 1:
-        raise InputError(f"--generate must be >= 0 and --top-k >= 1 (got {generate}, {top_k})")
-    exclude, omitted = [], {}
-    need = attn_probs_bytes(model.config, [len(p) for p in prompts], taps)
-    if need > max_attn_bytes:
-        exclude.append("*attn_probs")
-        omitted["attn_probs"] = (f"size cap: the selected attention probabilities would take {need} bytes > "
-                                 f"max_attn_bytes {max_attn_bytes}")
-    inputs, taps_out, outputs = [], [], []
-    for p, ids in enumerate(prompts):
-        pos = np.arange(len(ids), dtype=np.int64) if position_ids is None else np.asarray(position_ids[p], np.int64)
-        collector = TapCollector(taps, exclude)
-        outputs.append(run_prompt(model, ids, pos, collector, n_gen[p], top_k))
-        taps_out.append(collector.taps)
-        inputs.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": pos})
+    prompts, n_gen, exclude, omitted = plan_bundle(model.config, prompts, taps, generate, top_k, max_attn_bytes)
+    inputs, taps_out, outputs = run_prompts(model, prompts, position_ids, taps, exclude, n_gen, top_k)
+    return assemble_bundle(model_info(model, model_dir), prompts, texts, taps, n_gen, top_k, max_attn_bytes,
+                           omitted, exclude, inputs, taps_out, outputs, timestamp)
+
+
+def assemble_bundle(info: dict, prompts, texts, taps, n_gen, top_k, max_attn_bytes, omitted, exclude,
+                    inputs, taps_out, outputs, timestamp: bool = False) -> Bundle:
+    """The Bundle of every prompt's results and its manifest (``info``: ``model_info`` of the model)."""
     _check_patterns(taps, taps_out, exclude)
-    manifest = build_manifest(model, prompts, texts, taps, n_gen, top_k, max_attn_bytes, omitted,
-                              taps_out, outputs, model_dir, timestamp)
+    manifest = build_manifest(info, prompts, texts, taps, n_gen, top_k, max_attn_bytes, omitted,
+                              taps_out, outputs, timestamp)
     return Bundle(manifest, inputs, taps_out, outputs, None, {"F64"})
 
 
@@ -140,9 +163,18 @@ def _check_patterns(patterns, taps_out, exclude) -> None:
                              f"{example} (fnmatch patterns, comma-separated, e.g. 'layers.0.*,logits')")
 
 
-def build_manifest(model, prompts, texts, patterns, n_gen, k, max_attn_bytes, omitted, taps_out, outputs,
-                   model_dir, timestamp) -> dict:
+def model_info(model, model_dir: Path | None) -> dict:
+    """What the manifest says about the model (plain data: a job computes it where the checkpoint is)."""
     config = model.config
+    return {"backend": getattr(model, "backend", "numpy"), "dtype": str(np.dtype(model.dtype)),
+            "model": _model_section(config, model_dir), "config": _config_dict(config, model_dir),
+            "layers": [{"index": i, "attention": "full" if w is None else "sliding", "window": w,
+                        "rope": bool(model.model.layer_uses_rope(i))} for i, w in enumerate(layer_windows(config))],
+            "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads}
+
+
+def build_manifest(info, prompts, texts, patterns, n_gen, k, max_attn_bytes, omitted, taps_out, outputs,
+                   timestamp) -> dict:
     names = sorted(set().union(*(t.keys() for t in taps_out)), key=tap_order_key)
     what = {**GLOBAL_BEFORE, **LAYER_OPS, **GLOBAL_AFTER}
     tap_list = [{"name": n, "layer": parse_tap(n)[0], "op": parse_tap(n)[1], "description": what.get(parse_tap(n)[1]),
@@ -150,20 +182,18 @@ def build_manifest(model, prompts, texts, patterns, n_gen, k, max_attn_bytes, om
                 for n in names]
     out_list = [{"name": n, "description": OUTPUT_NAMES[n], "dtype": "I64" if n.endswith("ids") else "F64",
                  "shapes": [list(o[n].shape) for o in outputs]} for n in OUTPUT_NAMES]
-    windows = layer_windows(config)
     manifest = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "producer": {"name": "pycohere", "version": __version__, "numpy": np.__version__,
-                     "backend": getattr(model, "backend", "numpy")},
-        "precision": "float64" if np.dtype(model.dtype) == np.float64 else "float32",
+                     "backend": info["backend"]},
+        "precision": "float64" if info["dtype"] == "float64" else "float32",
         "dtype": "F64",
         "made_with": {"command": "pycohere golden make", "taps": list(patterns), "generate": n_gen,
-                      "top_k": k, "max_attn_bytes": max_attn_bytes, "compute_dtype": str(np.dtype(model.dtype))},
-        "model": _model_section(config, model_dir),
-        "config": _config_dict(config, model_dir),
-        "layers": [{"index": i, "attention": "full" if w is None else "sliding", "window": w,
-                    "rope": bool(model.model.layer_uses_rope(i))} for i, w in enumerate(windows)],
+                      "top_k": k, "max_attn_bytes": max_attn_bytes, "compute_dtype": info["dtype"]},
+        "model": info["model"],
+        "config": info["config"],
+        "layers": info["layers"],
         "prompts": [{"index": p, "num_tokens": int(len(ids)), "generated": n_gen[p],
                      "text": texts[p] if texts else None} for p, ids in enumerate(prompts)],
         "inputs": [{"name": n, "dtype": "I64", "shape": "(T,)"} for n in INPUT_NAMES],
