@@ -1,8 +1,8 @@
 """Benchmark: what hooks and run_with_cache cost, and that the forward without them is unchanged (issue 17).
 
-    python tools/bench_hooks.py [--baseline TREE] [--reps 5] [--tokens 64] [--decode 32]
+    python tools/bench_hooks.py [--baseline TREE] [--reps 7] [--processes 3] [--tokens 64] [--decode 32]
 
-On the bundled demo model (numba backend, float32) it times, each in a fresh worker process:
+On the bundled demo model (numba backend, float32) it times, interleaved in worker processes:
 the plain forward (the fast engine), ``hooks=None``, a recorder keeping only the logits (the spec layer),
 one identity hook, an identity hook on every tap (``"*"``), ``run_with_cache`` of everything, and a greedy
 decode. ``--baseline TREE`` runs the plain forward and the decode also with another pycohere source tree
@@ -24,7 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(case: str, tokens: int, decode: int, reps: int) -> dict:
+CASES = ("plain", "hooks=None", "recorder(logits)", "one identity hook", "identity hook on every tap",
+         "run_with_cache (all taps)", "greedy decode")
+BASELINE_CASES = ("plain", "greedy decode")  # what a tree without hooks can run
+
+
+def worker(cases, tokens: int, decode: int, rounds: int) -> dict:
+    """Every case once per round, interleaved (so a burst of load on the shared machine hits all cases
+    alike): {case: {"times": [...], "sha256": digest of its output}}."""
     import hashlib
 
     import numpy as np
@@ -44,21 +51,22 @@ def worker(case: str, tokens: int, decode: int, reps: int) -> dict:
         "greedy decode": lambda: model.generate(ids[:, :8], max_new_tokens=decode, do_sample=False,
                                                 min_new_tokens=decode),
     }
-    fn = calls[case]
-    out = fn()  # compile and warm up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"case": case, "seconds": statistics.median(times), "min": min(times),
-            "sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest()}
+    result = {}
+    for case in cases:  # compile and warm up
+        out = calls[case]()
+        result[case] = {"times": [], "sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest()}
+    for _ in range(rounds):
+        for case in cases:
+            t = time.perf_counter()
+            calls[case]()
+            result[case]["times"].append(time.perf_counter() - t)
+    return result
 
 
-def run(case: str, tree: Path, args) -> dict:
+def run(cases, tree: Path, args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    cmd = [sys.executable, __file__, "--worker", case, "--tokens", str(args.tokens), "--decode", str(args.decode),
-           "--reps", str(args.reps)]
+    cmd = [sys.executable, __file__, "--worker", ",".join(cases), "--tokens", str(args.tokens), "--decode",
+           str(args.decode), "--reps", str(args.reps)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -66,34 +74,39 @@ def run(case: str, tree: Path, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", type=Path, help="another pycohere source tree to compare the plain forward with")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=7, help="rounds per worker process")
+    p.add_argument("--processes", type=int, default=3, help="worker processes per tree, alternating trees")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.tokens, args.decode, args.reps)))
+        print(json.dumps(worker(args.worker.split(","), args.tokens, args.decode, args.reps)))
         return
-    cases = ["plain", "hooks=None", "recorder(logits)", "one identity hook", "identity hook on every tap",
-             "run_with_cache (all taps)", "greedy decode"]
-    rows = []
-    for case in cases:
-        this = run(case, ROOT, args)
-        base = run(case, args.baseline, args) if args.baseline and case in ("plain", "greedy decode") else None
-        rows.append((case, this, base))
-    plain = rows[0][1]["seconds"]
-    print(f"demo model, numba backend, float32, {args.tokens}-token prompt (decode: {args.decode} new tokens), "
-          f"median of {args.reps}\n")
-    head = "| call | this tree | vs plain |" + (" baseline tree | same output bits |" if args.baseline else "")
+    this, base = {c: [] for c in CASES}, {c: [] for c in BASELINE_CASES}
+    digests, base_digests = {}, {}
+    for _ in range(args.processes):
+        for case, r in run(CASES, ROOT, args).items():
+            this[case] += r["times"]
+            digests[case] = r["sha256"]
+        if args.baseline:
+            for case, r in run(BASELINE_CASES, args.baseline, args).items():
+                base[case] += r["times"]
+                base_digests[case] = r["sha256"]
+    ms = lambda xs: f"{statistics.median(xs) * 1e3:.1f} ms (min {min(xs) * 1e3:.1f})"  # noqa: E731
+    plain = statistics.median(this["plain"])
+    print(f"demo model, numba backend, float32, {args.tokens}-token prompt (decode: {args.decode} new tokens "
+          f"after 8), median (and min) of {args.processes} processes x {args.reps} interleaved rounds\n")
+    head = "| call | this tree | vs plain |" + (" tree before hooks | same output bits |" if args.baseline else "")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for case, this, base in rows:
-        line = f"| {case} | {this['seconds'] * 1e3:.1f} ms | {this['seconds'] / plain:.2f}x |"
+    for case in CASES:
+        line = f"| {case} | {ms(this[case])} | {statistics.median(this[case]) / plain:.2f}x |"
         if args.baseline:
-            line += (f" {base['seconds'] * 1e3:.1f} ms | {'yes' if base['sha256'] == this['sha256'] else 'NO'} |"
-                     if base else " | |")
+            line += (f" {ms(base[case])} | {'yes' if base_digests[case] == digests[case] else 'NO'} |"
+                     if case in base else " | |")
         print(line)
-    same = all(this["sha256"] == rows[0][1]["sha256"] for case, this, _ in rows[:2])
+    same = digests["plain"] == digests["hooks=None"]
     print(f"\nplain and hooks=None give the same logits bit for bit: {'yes' if same else 'NO'}")
 
 
