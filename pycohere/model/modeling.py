@@ -230,9 +230,10 @@ def _layer_tap(recorder, all_attn, layer: int):
     prefix = f"layers.{layer}."
 
     def rec(name, value):
+        out = None if recorder is None else recorder(prefix + name, value)
         if all_attn is not None and name == "attn_probs":
-            all_attn.append(value)
-        return None if recorder is None else recorder(prefix + name, value)
+            all_attn.append(value if out is None else out)  # what the forward used: after any hook
+        return out
     return rec
 
 
