@@ -175,3 +175,36 @@ def test_text_parts_and_developer_role_are_accepted():
                               "user": "ignored", "max_completion_tokens": 5})
     assert req.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
     assert req.sampling.max_tokens == 5
+
+
+# --- a checkpoint's own template (R7B) gets OpenAI's messages as they are ------------------------------
+def test_a_checkpoints_own_tool_template_gets_openais_messages():
+    import importlib.util
+    from pycohere.serve.prompts import build_prompt, read_answer
+    from pycohere.serve.protocol import parse_messages
+    from pycohere.text.chat import builtin_templates
+    spec = importlib.util.spec_from_file_location("fetch_llama_cpp_data", ROOT / "tools" / "fetch_llama_cpp_data.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    try:
+        data = tool.fetch()
+    except tool.RegistryUnreachableError as exc:  # only a network failure may skip
+        pytest.skip(f"PyPI unreachable, cannot fetch llama-cpp-python sdist: {str(exc).splitlines()[0]}")
+    r7b = (data / "templates" / "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja").read_text(encoding="utf-8")
+    tok = pycohere.CohereTokenizer.from_pretrained(ROOT / "tests" / "data" / "tokenizer" / "tiny-command-r")
+    tok.chat_template = {"default": builtin_templates()["default"], "tool_use": r7b}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather.",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    messages = parse_messages([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "0", "content": "sunny"}])
+    prompt = build_prompt(tok, messages, tools, None)
+    expected = tok.apply_chat_template(messages, chat_template="tool_use", tools=tools, add_generation_prompt=True,
+                                       enable_citations=True)
+    assert prompt.ids == expected and prompt.kind == "grounded"
+    assert "get_weather" in tok.decode(prompt.ids) and "sunny" in tok.decode(prompt.ids)
+    answer = read_answer("<|START_RESPONSE|>It is <co>sunny</co: 0:[0]>.<|END_RESPONSE|>", prompt, tok.all_special_tokens)
+    assert answer.content == "It is sunny." and answer.citations == [
+        {"start": 6, "end": 11, "text": "sunny", "document_ids": ["doc_0"]}]
