@@ -123,6 +123,20 @@ class KVCache:
         """Tokens processed so far (the absolute index the next token will get)."""
         return self.layers[layer_idx].seen
 
+    def crop(self, max_length: int) -> None:
+        """Keep only the first ``max_length`` tokens (transformers ``DynamicCache.crop``), so a cache of
+        a longer sequence can continue a prompt that shares that prefix. A sliding layer that already
+        dropped entries the shorter sequence still needs cannot be cropped: CacheError, nothing changed."""
+        if not isinstance(max_length, (int, np.integer)) or not 0 <= max_length <= self.get_seq_length():
+            raise CacheError(f"crop needs a length in [0, {self.get_seq_length()}], got {max_length!r}")
+        for layer in self.layers:
+            oldest_needed = 0 if layer.window is None else max(0, max_length - (layer.window - 1))
+            if layer.start > oldest_needed:
+                raise CacheError(f"a sliding layer has dropped the entries before {layer.start}; it cannot be "
+                                 f"cropped to {max_length} tokens (recompute the prompt instead)")
+        for layer in self.layers:
+            layer.length = max_length - layer.start
+
     @property
     def batch_size(self) -> int | None:
         k = self.layers[0].k
