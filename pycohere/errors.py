@@ -80,6 +80,17 @@ class BackendError(PycohereError, ValueError):
     """An unknown backend was asked for, or the asked-for backend cannot run here."""
 
 
+# --- serving -------------------------------------------------------------------------------
+class RequestError(InputError):
+    """A request to ``pycohere serve`` is invalid. Carries the fields of OpenAI's error object
+    (``param``, ``code``, ``type``) and the HTTP status the server answers with (a 4xx)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
+
+
 # --- beyond one process (pycohere.parallel) ------------------------------------------------
 class MissingExtraError(PycohereError, ImportError):
     """An optional capability was asked for whose packages are not installed (``pycohere[mpi]``, ``pycohere[dask]``)."""

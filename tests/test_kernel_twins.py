@@ -131,8 +131,75 @@ def test_kernel_equals_its_twin(twin, seed, rows, out_dim, blocks):
         q = rng.integers(0, 256, size=(out_dim, 16 * blocks), dtype=np.uint8)
         perm = rng.permutation(32 * blocks)
         np.testing.assert_array_equal(twin.fast(q, perm), twin.spec(q, perm))
+    elif twin.kind == "decode":
+        check_decode_step(twin, rng, B=1 + rows % 3, qk_norm=bool(seed % 2), bias=bool(seed % 3 == 0),
+                          window=[None, 2][seed % 2], past=int(out_dim % 6))
     else:  # pragma: no cover - a registry entry this test does not know how to feed
         pytest.fail(f"no inputs for twin kind {twin.kind!r}")
+
+
+def check_decode_step(twin, rng, B, qk_norm, bias, window, past):
+    """The compiled one-token step against the spec: two random layers (GQA, a NoPE one), every matrix in
+    the twin's kind, a cache holding ``past`` tokens (and padding), one token per sequence."""
+    from pycohere.spec.cache import LayerCache
+    from pycohere.spec.params import Dims, LayerParams, ModelParams
+
+    case = {"int8": "int8", "int4": "int4", "int4-asym": "int4-asym", "nf4": "nf4"}.get(twin.case, twin.case)
+    group = group_of(case) or 32
+    D, F, H, K, Dh = 2 * group, 3 * group if group <= 64 else 2 * group, 4, 2, 16
+    if group == 256:
+        D, F, H, K, Dh = 256, 512, 4, 2, 64
+    dims = Dims(D=D, H=H, K=K, Dh=Dh, F=F, V=24, L=2, eps=1e-5, act="silu", logit_scale=0.5)
+
+    def weight(out, inp):
+        return make_weight(rng, case, out, inp // (group_of(case) or 32), exact=False)
+
+    def vec(*shape):
+        return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    layers = []
+    for i in range(2):
+        layers.append(LayerParams(
+            input_layernorm=vec(D), q_proj=weight(H * Dh, D), k_proj=weight(K * Dh, D), v_proj=weight(K * Dh, D),
+            o_proj=weight(D, H * Dh), gate_proj=weight(F, D), up_proj=weight(F, D), down_proj=weight(D, F),
+            q_bias=vec(H * Dh) if bias else None, k_bias=vec(K * Dh) if bias else None,
+            v_bias=vec(K * Dh) if bias else None, o_bias=vec(D) if bias else None,
+            q_norm=vec(H, Dh) if qk_norm else None, k_norm=vec(K, Dh) if qk_norm else None,
+            sliding_window=window if i == 0 else None, use_rope=i == 0))
+    head = weight(24, D)
+    params = ModelParams(embed_tokens=head, layers=layers, norm=vec(D), lm_head=head)
+    caches = []
+    for _ in range(2):  # the same past in both caches
+        caches.append([LayerCache(layer.sliding_window) for layer in layers])
+    for i in range(2):
+        if past:
+            k = rng.standard_normal((B, past, K, Dh)).astype(np.float32)
+            v = rng.standard_normal((B, past, K, Dh)).astype(np.float32)
+            for c in caches:
+                c[i].update(k, v)
+    kv_valid = np.ones((B, past + 1), dtype=bool)
+    if past > 1:
+        kv_valid[0, :past // 2] = False  # row 0 left-padded
+    x = rng.standard_normal((B, D)).astype(np.float32)
+    ang = (past + np.arange(B))[:, None] * (1.0 / 10000 ** (np.arange(0, Dh, 2) / Dh))[None]
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+    class Cache:  # what the step needs of a KVCache
+        def __init__(self, layers):
+            self.layers = layers
+
+        def get_seq_length(self):
+            return self.layers[0].seen
+    want = twin.spec(params, dims, x, cos, sin, kv_valid, Cache(caches[0]))
+    got = twin.fast(params, dims, x, cos, sin, kv_valid, Cache(caches[1]))
+    # Random block bytes make extreme rows (a Q6_K row of int8 scales times 6-bit codes): float32 sums of
+    # them in another order differ by up to ~1e-4 of their largest value. A wrong index, nibble or mask
+    # moves the result by O(1) of it; 1e-3 of the largest value separates the two.
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(want).max())))
+    for a, b in zip(caches[0], caches[1]):  # the cache appends agree too
+        np.testing.assert_allclose(b.k[:, :b.length], a.k[:, :a.length], rtol=1e-3,
+                                   atol=1e-3 * max(1.0, float(np.abs(a.k).max())))
+        np.testing.assert_allclose(b.v[:, :b.length], a.v[:, :a.length], rtol=1e-3,
+                                   atol=1e-3 * max(1.0, float(np.abs(a.v).max())))
 
 
 @pytest.mark.skipif(NO_JIT, reason="without the JIT there are no Numba functions to enumerate")

@@ -33,7 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 IMPLS = ("numba", "numpy", "hf-fp32", "hf-bf16")
 LLAMA_CPP = "llama.cpp"
-# extra: "numba-omp" = the numba backend with Numba's OpenMP threading layer instead of workqueue
+# extra: "numba-omp" / "numba-tbb" / "numba-workqueue" = the numba backend with that Numba threading layer
+# (plain "numba": pycohere's own choice, pycohere.kernels.jit)
 
 
 # --- worker: one implementation, one fresh process -----------------------------------------------
@@ -285,7 +286,11 @@ def main(argv=None):
             n = args.numpy_decode if kind == "numpy" else args.decode
             cmd = [sys.executable, __file__, "--worker", kind, "--ckpt", path, "--prompt", str(args.prompt),
                    "--long-prompt", str(args.long_prompt), "--decode", str(n)]
-            env = dict(os.environ, NUMBA_THREADING_LAYER="omp" if kind == "numba-omp" else "workqueue")
+            env = dict(os.environ)
+            layer = kind.split("-")[1] if kind.count("-") == 1 and kind.split("-")[1] in ("omp", "tbb", "workqueue") \
+                else None
+            if layer:
+                env["NUMBA_THREADING_LAYER"] = layer
             if trees[impl]:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [trees[impl], env.get("PYTHONPATH", "")]))
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..checkpoints.probe import probe
 from ..errors import InputError, TokenizerError
 from ..introspect.explain import explain
+from ..introspect.report import write_report
 from ..model import AutoModelForCausalLM
 from ..text.tokenizer import CohereTokenizer
 from .runner import run_commands
@@ -53,7 +54,17 @@ def cmd_explain(args) -> int:
     else:
         ids = parse_ids(args.ids)
     layers = parse_layers(args.layers, model.config.num_hidden_layers)
+    if args.html:
+        return write_html(model, ids, tok, layers, args)
     print(explain(model, ids, layers, tok, args.top_k, name=str(args.model), full=args.full))
+    return 0
+
+
+def write_html(model, ids, tok, layers, args) -> int:
+    """--html FILE: the self-contained report (pycohere.introspect.report) instead of the terminal text."""
+    path = write_report(model, ids, args.html, tok, layers=layers, top_k=args.top_k, name=str(args.model))
+    print(f"wrote {path}: {len(ids)} tokens, {model.config.num_hidden_layers} layers, "
+          f"{path.stat().st_size / 1024:.0f} KiB (open it in a browser; it needs no network)")
     return 0
 
 
@@ -70,6 +81,8 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--top-k", type=int, default=5, help="next-token candidates to list")
     p.add_argument("--full", action="store_true", help="one line per tensor (k, v, k_normed, ... with full statistics)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (tokens, logit lens, attention "
+                   "heatmaps, norms, attribution, the COHERE differences) to FILE instead of the text walkthrough")
     p.set_defaults(func=cmd_explain)
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 
-from . import convert, explain, generate, golden, inspect, mask
+from . import convert, explain, generate, golden, inspect, mask, serve
 from .runner import run
 
 #: The commands, in the order ``pycohere --help`` lists them; each module registers its own.
-COMMANDS = (inspect, golden, explain, convert, generate, mask)
+COMMANDS = (inspect, golden, explain, convert, generate, mask, serve)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycohere", description="Cohere Command-R family in NumPy: inspect "

@@ -6,9 +6,9 @@ May import: ``pycohere.spec`` and below. It never imports the model: the loop dr
 the small protocol documented on ``GenerationMixin``.
 """
 from .config import GENERATION_CONFIG_NAME, GenerateDecoderOnlyOutput, GenerationConfig
-from .stopping import StopStringCriteria
+from .stopping import StopStringCriteria, TokenBytes
 from .streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
 from .utils import GenerationMixin
 
 __all__ = ["GENERATION_CONFIG_NAME", "BaseStreamer", "GenerateDecoderOnlyOutput", "GenerationConfig",
-           "GenerationMixin", "StopStringCriteria", "TextIteratorStreamer", "TextStreamer"]
+           "GenerationMixin", "StopStringCriteria", "TextIteratorStreamer", "TextStreamer", "TokenBytes"]

@@ -27,6 +27,27 @@ def _bytes_to_unicode() -> dict[int, str]:
 _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 
 
+class TokenBytes:
+    """``token_bytes(token_id) -> bytes``: the bytes a token stands for (its byte-level characters mapped
+    back to bytes; a fragment of a UTF-8 character stays a fragment), cached per id."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._byte_level = _uses_byte_level(tokenizer)
+        self._bytes: dict[int, bytes] = {}
+
+    def __call__(self, token_id: int) -> bytes:
+        b = self._bytes.get(token_id)
+        if b is None:
+            token = self.tokenizer.convert_ids_to_tokens(int(token_id)) if self._byte_level else None
+            if token is not None and all(c in _BYTE_DECODER for c in token):
+                b = bytes(_BYTE_DECODER[c] for c in token)
+            else:  # not byte-level, or an added token outside the byte alphabet: its decoded text
+                b = self.tokenizer.decode([int(token_id)]).encode("utf-8")
+            self._bytes[token_id] = b
+        return b
+
+
 class StopStringCriteria:
     """Stop a row when a stop string ends inside its newest token (transformers ``StopStringCriteria``).
 
@@ -46,20 +67,7 @@ class StopStringCriteria:
         self.stop_strings = tuple(strings)
         self._targets = [s.encode("utf-8") for s in strings]
         self._max_len = max(len(t) for t in self._targets)
-        self._byte_level = _uses_byte_level(tokenizer)
-        self._bytes: dict[int, bytes] = {}
-
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes a token stands for (its byte-level characters mapped back to bytes)."""
-        b = self._bytes.get(token_id)
-        if b is None:
-            token = self.tokenizer.convert_ids_to_tokens(int(token_id)) if self._byte_level else None
-            if token is not None and all(c in _BYTE_DECODER for c in token):
-                b = bytes(_BYTE_DECODER[c] for c in token)
-            else:  # not byte-level, or an added token outside the byte alphabet: its decoded text
-                b = self.tokenizer.decode([int(token_id)]).encode("utf-8")
-            self._bytes[token_id] = b
-        return b
+        self.token_bytes = TokenBytes(tokenizer)
 
     def _row_matches(self, row: np.ndarray) -> bool:
         last = self.token_bytes(int(row[-1]))

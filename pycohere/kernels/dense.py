@@ -10,33 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import TILE_ELEMENTS
+from ..io.dtypes import widen
 from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, njit, prange, u32_as_f32
-
-
-# The dot products below are plain loops on purpose: with reassociation allowed, LLVM vectorises them
-# and keeps several vector accumulators itself (measured faster than hand-unrolled lanes here).
-@njit(cache=True, fastmath=FAST, inline="always")
-def _dot_bf16(x, wrow):
-    s = np.float32(0.0)
-    for j in range(wrow.shape[0]):
-        s += x[j] * u32_as_f32(np.uint32(wrow[j]) << np.uint32(16))
-    return s
-
-
-@njit(cache=True, fastmath=FAST, inline="always")
-def _dot_f16(x, wrow, table):
-    s = np.float32(0.0)
-    for j in range(wrow.shape[0]):
-        s += x[j] * table[wrow[j]]
-    return s
-
-
-@njit(cache=True, fastmath=FAST, inline="always")
-def _dot_f32(x, wrow):
-    s = np.float32(0.0)
-    for j in range(wrow.shape[0]):
-        s += x[j] * wrow[j]
-    return s
+from .rows import row_bf16, row_f16, row_f32
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -44,33 +20,27 @@ def gemv_bf16(x, w):
     """y = W x for bf16 bits W (out, in) uint16 and x (R, in) float32 -> (R, out).
     Twin: ``x @ widen(W, "BF16").T``. Parallel over output rows; each weight row is read once
     for all R input rows (R is the decode batch)."""
-    R = x.shape[0]
-    out = np.empty((R, w.shape[0]), dtype=np.float32)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     for o in prange(w.shape[0]):
-        for r in range(R):
-            out[r, o] = _dot_bf16(x[r], w[o])
+        row_bf16(out, o, x, w, o)
     return out
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_f16(x, w, table):
     """Twin: ``x @ widen(W, "F16").T``; W as uint16 bits, widened through ``F16_TABLE``."""
-    R = x.shape[0]
-    out = np.empty((R, w.shape[0]), dtype=np.float32)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     for o in prange(w.shape[0]):
-        for r in range(R):
-            out[r, o] = _dot_f16(x[r], w[o], table)
+        row_f16(out, o, x, w, o, table)
     return out
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_f32(x, w):
     """Twin: ``x @ W.T`` (float32)."""
-    R = x.shape[0]
-    out = np.empty((R, w.shape[0]), dtype=np.float32)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     for o in prange(w.shape[0]):
-        for r in range(R):
-            out[r, o] = _dot_f32(x[r], w[o])
+        row_f32(out, o, x, w, o)
     return out
 
 
@@ -122,8 +92,11 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
 
 
 def gather_rows(raw: np.ndarray, storage: str, ids: np.ndarray) -> np.ndarray:
-    """Embedding lookup straight from the map: raw (V, D)[ids] widened to float32."""
+    """Embedding lookup straight from the map: raw (V, D)[ids] widened to float32. A decode step's few rows
+    are widened by NumPy (the spec itself): a parallel kernel's thread-pool launch costs more than they do."""
     rows = raw[ids.reshape(-1)]
+    if rows.shape[0] <= GEMV_MAX_ROWS:
+        return widen(rows, storage, np.float32).reshape(ids.shape + (raw.shape[1],))
     if storage == "BF16":
         out = widen_bf16(rows)
     elif storage == "F16":

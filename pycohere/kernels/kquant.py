@@ -36,121 +36,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import F16_TABLE, FAST, ROWS_PER_JOB as CHUNK, f16_at as _f16_at, njit, prange
+from .jit import F16_TABLE, FAST, ROWS_PER_JOB as CHUNK, f16_at, njit, prange
+from .rows import Q4_K_BYTES, Q6_K_BYTES, q4_k_scales, q6_k_code, row_q4_k, row_q6_k
 
-Q4_K_BYTES = 144
-Q6_K_BYTES = 210
-
-
-@njit(cache=True, inline="always")
-def _q4_k_scales(q, o, b, f16, scale, mins):
-    """Block b of row o: ``scale[j] = d * sc_j`` and ``mins[j] = dmin * m_j`` for its eight
-    sub-blocks (float32 products, as the spec rounds them). The 6-bit pairs are unpacked as
-    ggml-quants.c get_scale_min_k4: j < 4 takes the low 6 bits of bytes j and j+4; j >= 4 a nibble
-    of byte j+4 plus the top two bits of bytes j-4 and j (two branch-free loops)."""
-    d = _f16_at(q, o, b, f16)
-    dmin = _f16_at(q, o, b + 2, f16)
-    s = b + 4
-    for j in range(4):
-        scale[j] = d * np.float32(np.int32(q[o, s + j]) & np.int32(63))
-        mins[j] = dmin * np.float32(np.int32(q[o, s + j + 4]) & np.int32(63))
-    for j in range(4, 8):
-        packed = np.int32(q[o, s + j + 4])
-        scale[j] = d * np.float32((packed & np.int32(15)) | ((np.int32(q[o, s + j - 4]) >> np.int32(6)) << np.int32(4)))
-        mins[j] = dmin * np.float32((packed >> np.int32(4)) | ((np.int32(q[o, s + j]) >> np.int32(6)) << np.int32(4)))
-
-
-@njit(cache=True, inline="always")
-def _q6_k_code(ql, qh, nibble, pair):
-    """A Q6_K value's signed code: 4 bits of ql (low nibble, or high with nibble=4) with bits
-    pair..pair+1 of qh as bits 4-5, minus 32 (int32 throughout)."""
-    low = (ql >> np.int32(nibble)) & np.int32(15)
-    return (low | (((qh >> np.int32(pair)) & np.int32(3)) << np.int32(4))) - np.int32(32)
-
-
-# --- decode GEMV ---------------------------------------------------------------------------------
+# --- decode GEMV: the row bodies of pycohere.kernels.rows ---------------------------------------------
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_q4_k(x, xsum, q, f16):
     """x (R, in) f32, xsum (R, in/32) the sums of x over each 32-value sub-block, q (out,
     blocks*144) u8 -> (R, out). Twin: ``x @ Q4_K.dequantize().T``."""
-    R, n = x.shape
-    nb = q.shape[1] // Q4_K_BYTES
-    L = n // nb // 8  # 32: values per sub-block, known at run time on purpose (see module docstring)
     O = q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
+    y = np.empty((x.shape[0], O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
-        lanes = np.empty(L, dtype=np.float32)
+        lanes = np.empty(32, dtype=np.float32)
         scale = np.empty(8, dtype=np.float32)
         mins = np.empty(8, dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for r in range(R):
-                lanes[:] = 0.0
-                corr = np.float32(0.0)
-                for k in range(nb):
-                    b = k * Q4_K_BYTES
-                    _q4_k_scales(q, o, b, f16, scale, mins)
-                    for j in range(8):
-                        corr += mins[j] * xsum[r, k * 8 + j]
-                    for i in range(4):
-                        s_lo = scale[2 * i]
-                        s_hi = scale[2 * i + 1]
-                        qb = b + 16 + i * L
-                        e = (k * 8 + 2 * i) * L
-                        for l in range(L):
-                            v = np.int32(q[o, qb + l])
-                            lanes[l] += (s_lo * (x[r, e + l] * np.float32(np.int32(v & np.int32(15))))
-                                         + s_hi * (x[r, e + L + l] * np.float32(np.int32(v >> np.int32(4)))))
-                t = -corr
-                for l in range(L):
-                    t += lanes[l]
-                y[r, o] = t
+            row_q4_k(y, o, x, xsum, q, o, f16, lanes, scale, mins)
     return y
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_q6_k(x, q, qs, f16):
     """x (R, in) f32, q (out, blocks*210) u8 and qs its int8 view (for the scales) -> (R, out).
-    Twin: ``x @ Q6_K.dequantize().T``. Each 16-wide lane step consumes one byte of ql (low and high
-    halves), one of ql+32 and one of qh: four values under four different scales."""
-    R, n = x.shape
-    nb = q.shape[1] // Q6_K_BYTES
-    H = n // nb // 16  # 16: values per scale, at run time
+    Twin: ``x @ Q6_K.dequantize().T``."""
     O = q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
+    y = np.empty((x.shape[0], O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
-        lanes = np.empty(H, dtype=np.float32)
+        lanes = np.empty(16, dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for r in range(R):
-                lanes[:] = 0.0
-                for k in range(nb):
-                    b = k * Q6_K_BYTES
-                    d = _f16_at(q, o, b + 208, f16)
-                    for h in range(2):
-                        for g in range(2):
-                            s = b + 192 + 8 * h + g
-                            s1 = d * np.float32(qs[o, s])
-                            s2 = d * np.float32(qs[o, s + 2])
-                            s3 = d * np.float32(qs[o, s + 4])
-                            s4 = d * np.float32(qs[o, s + 6])
-                            lo = b + 64 * h + g * H
-                            hb = b + 128 + 32 * h + g * H
-                            e = k * 256 + 128 * h + g * H
-                            for l in range(H):
-                                a = np.int32(q[o, lo + l])
-                                a2 = np.int32(q[o, lo + 32 + l])
-                                hi = np.int32(q[o, hb + l])
-                                lanes[l] += (s1 * (x[r, e + l] * np.float32(_q6_k_code(a, hi, 0, 0)))
-                                             + s2 * (x[r, e + 32 + l] * np.float32(_q6_k_code(a2, hi, 0, 2)))
-                                             + s3 * (x[r, e + 64 + l] * np.float32(_q6_k_code(a, hi, 4, 4)))
-                                             + s4 * (x[r, e + 96 + l] * np.float32(_q6_k_code(a2, hi, 4, 6))))
-                t = np.float32(0.0)
-                for l in range(H):
-                    t += lanes[l]
-                y[r, o] = t
+            row_q6_k(y, o, x, q, qs, o, f16, lanes)
     return y
 
 
-# --- dequantization: bit-identical to the spec -----------------------------------------------------
 @njit(cache=True, parallel=True)
 def dequant_q4_k(q, f16, out):
     """Rows of Q4_K blocks -> float32 rows, as ``Q4_K.dequantize_blocks``: ``(d sc) n - dmin m``."""
@@ -159,7 +76,7 @@ def dequant_q4_k(q, f16, out):
         mins = np.empty(8, dtype=np.float32)
         for k in range(q.shape[1] // Q4_K_BYTES):
             b = k * Q4_K_BYTES
-            _q4_k_scales(q, o, b, f16, scale, mins)
+            q4_k_scales(q, o, b, f16, scale, mins)
             for j in range(8):
                 qb = b + 16 + (j // 2) * 32
                 shift = np.int32(4 * (j % 2))
@@ -175,7 +92,7 @@ def dequant_q6_k(q, qs, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q6_K_BYTES):
             b = k * Q6_K_BYTES
-            d = _f16_at(q, o, b + 208, f16)
+            d = f16_at(q, o, b + 208, f16)
             for h in range(2):
                 for l in range(32):
                     s = b + 192 + 8 * h + l // 16
@@ -183,10 +100,10 @@ def dequant_q6_k(q, qs, f16, out):
                     a2 = np.int32(q[o, b + 64 * h + 32 + l])
                     hi = np.int32(q[o, b + 128 + 32 * h + l])
                     e = k * 256 + 128 * h + l
-                    out[o, e] = (d * np.float32(qs[o, s])) * np.float32(_q6_k_code(a, hi, 0, 0))
-                    out[o, e + 32] = (d * np.float32(qs[o, s + 2])) * np.float32(_q6_k_code(a2, hi, 0, 2))
-                    out[o, e + 64] = (d * np.float32(qs[o, s + 4])) * np.float32(_q6_k_code(a, hi, 4, 4))
-                    out[o, e + 96] = (d * np.float32(qs[o, s + 6])) * np.float32(_q6_k_code(a2, hi, 4, 6))
+                    out[o, e] = (d * np.float32(qs[o, s])) * np.float32(q6_k_code(a, hi, 0, 0))
+                    out[o, e + 32] = (d * np.float32(qs[o, s + 2])) * np.float32(q6_k_code(a2, hi, 0, 2))
+                    out[o, e + 64] = (d * np.float32(qs[o, s + 4])) * np.float32(q6_k_code(a, hi, 4, 4))
+                    out[o, e + 96] = (d * np.float32(qs[o, s + 6])) * np.float32(q6_k_code(a2, hi, 4, 6))
 
 
 # --- dequantize-only types: Q5_0, Q5_1, Q2_K, Q3_K, Q5_K ------------------------------------------------
@@ -208,7 +125,7 @@ def dequant_q5_0(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q5_0_BYTES):
             b = k * Q5_0_BYTES
-            d = _f16_at(q, o, b, f16)
+            d = f16_at(q, o, b, f16)
             for j in range(16):
                 v = np.int32(q[o, b + 6 + j])
                 lo = (v & np.int32(15)) | (_bit(q, o, b + 2, j) << np.int32(4))
@@ -223,8 +140,8 @@ def dequant_q5_1(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q5_1_BYTES):
             b = k * Q5_1_BYTES
-            d = _f16_at(q, o, b, f16)
-            m = _f16_at(q, o, b + 2, f16)
+            d = f16_at(q, o, b, f16)
+            m = f16_at(q, o, b + 2, f16)
             for j in range(16):
                 v = np.int32(q[o, b + 8 + j])
                 lo = (v & np.int32(15)) | (_bit(q, o, b + 4, j) << np.int32(4))
@@ -240,8 +157,8 @@ def dequant_q2_k(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q2_K_BYTES):
             b = k * Q2_K_BYTES
-            d = _f16_at(q, o, b + 80, f16)
-            dmin = _f16_at(q, o, b + 82, f16)
+            d = f16_at(q, o, b + 80, f16)
+            dmin = f16_at(q, o, b + 82, f16)
             for h in range(2):
                 for s in range(4):
                     for l in range(32):
@@ -260,7 +177,7 @@ def dequant_q3_k(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // Q3_K_BYTES):
             b = k * Q3_K_BYTES
-            d = _f16_at(q, o, b + 108, f16)
+            d = f16_at(q, o, b + 108, f16)
             for h in range(2):
                 for s in range(4):
                     for l in range(32):
@@ -284,7 +201,7 @@ def dequant_q5_k(q, f16, out):
         mins = np.empty(8, dtype=np.float32)
         for k in range(q.shape[1] // Q5_K_BYTES):
             b = k * Q5_K_BYTES
-            _q4_k_scales(q, o, b, f16, scale, mins)  # the same 16-byte header as Q4_K
+            q4_k_scales(q, o, b, f16, scale, mins)  # the same 16-byte header as Q4_K
             for j in range(8):
                 qb = b + 48 + (j // 2) * 32
                 shift = np.int32(4 * (j % 2))

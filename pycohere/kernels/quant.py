@@ -32,187 +32,94 @@ import numpy as np
 from ..constants import TILE_ELEMENTS
 from ..quant.schemes import FP4_TABLE, INV127, NF4_TABLE, QuantizedTensor
 from . import hf, kquant
-from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, ROWS_PER_JOB as CHUNK, f16_at as _f16_at, njit, prange
+from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, ROWS_PER_JOB as CHUNK, f16_at, njit, prange
+from .rows import row_int4, row_int8, row_nf4, row_q4_0, row_q4_1, row_q8_0
 
 
-# --- decode GEMV -----------------------------------------------------------------------------------
+# --- decode GEMV: the row bodies of pycohere.kernels.rows, parallel over chunks of output rows ----------
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_int8(x, q, scales):
-    """x (R, in) f32, q (out, in) i8, scales (out, in/G) f32 -> (R, out). Per group an unscaled
-    dot product (LLVM keeps vector accumulators), then one multiply by the scale. Per-channel
-    int8 is the case of one group per row: one long dot product."""
-    R, n = x.shape
-    ng = scales.shape[1]
-    G = n // ng
-    y = np.empty((R, q.shape[0]), dtype=np.float32)
+    """x (R, in) f32, q (out, in) i8, scales (out, in/G) f32 -> (R, out)."""
+    y = np.empty((x.shape[0], q.shape[0]), dtype=np.float32)
     for o in prange(q.shape[0]):
-        for r in range(R):
-            acc = np.float32(0.0)
-            for g in range(ng):
-                b = g * G
-                t = np.float32(0.0)
-                for j in range(G):  # (not range(b, b + G): that form defeats LLVM's vectoriser)
-                    t += x[r, b + j] * np.float32(np.int32(q[o, b + j]))
-                acc += t * scales[o, g]
-            y[r, o] = acc
+        row_int8(y, o, x, q, scales, o)
     return y
 
 
-# The 4-bit kernels accumulate ``scale * x * code`` into per-position "lanes" (a scratch row of one
-# group's width, reduced once per output row) instead of reducing every 16-64-byte group to a
-# scalar: group loops are too short for LLVM's vectoriser to amortise a horizontal sum. Codes are
-# taken unsigned (0..15) and the symmetric schemes' offset of 8 is applied once per group through
-# the group sums of x: sum_j x_j (n_j - 8) s = s (sum_j x_j n_j - 8 sum_j x_j). The input row loop
-# is outermost (the packed row is re-read from L1, not memory) so that the correction stays a
-# scalar: variants keeping (R,)-shaped accumulators measured 1.3-2.5x slower.
+# The input row loop of the 4-bit kinds is innermost per weight row (the packed row is re-read from L1,
+# not memory) so that the correction stays a scalar: variants keeping (R,)-shaped accumulators measured
+# 1.3-2.5x slower. Scratch is allocated once per chunk of CHUNK rows, not once per row.
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_int4(xe, xo, xsum, q, scales, mins, symmetric):
     """int4 / int4-asym. xe/xo (R, in/2): even/odd elements of x; xsum (R, in/G): group sums of x;
     q (out, in/2) u8 with element 2j in the low nibble of byte j. symmetric: w = (n - 8) s
     (``mins`` unused); else w = n s + m."""
-    R, h = xe.shape
-    ng = scales.shape[1]
-    H = h // ng  # bytes per group
     O = q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
+    y = np.empty((xe.shape[0], O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
-        lanes = np.empty(H, dtype=np.float32)
+        lanes = np.empty(xe.shape[1] // scales.shape[1], dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for r in range(R):
-                lanes[:] = 0.0
-                corr = np.float32(0.0)
-                for g in range(ng):
-                    b = g * H
-                    s = scales[o, g]
-                    corr += (np.float32(-8.0) * s if symmetric else mins[o, g]) * xsum[r, g]
-                    for j in range(H):
-                        v = np.int32(q[o, b + j])
-                        lanes[j] += s * (xe[r, b + j] * np.float32(np.int32(v & np.int32(15)))
-                                         + xo[r, b + j] * np.float32(np.int32(v >> np.int32(4))))
-                t = corr
-                for j in range(H):
-                    t += lanes[j]
-                y[r, o] = t
+            row_int4(y, o, xe, xo, xsum, q, scales, mins, symmetric, o, lanes)
     return y
 
 
-@njit(cache=True, parallel=True, fastmath=FAST)
-def gemv_nf4(xe, xo, q, scales, table):
-    """bitsandbytes order: element 2j is the HIGH nibble of byte j; w = table[n] * absmax.
-
-    A code-book lookup inside the dot product becomes a vector gather (measured 0.27x bf16). Instead
-    each output row is first dequantized into a row buffer with scalar lookups in two 256-entry byte
-    tables (high and low nibble values), then multiplied by x in a plain vectorised loop: 1.5-1.7x
-    faster (0.42-0.46x bf16 on 4096x4096 and 5632x2048, AVX2), still bound by the lookups."""
-    R, h = xe.shape
-    ng = scales.shape[1]
-    H = h // ng
-    O = q.shape[0]
+@njit(cache=True, inline="always")
+def nibble_tables(table):
+    """Two 256-entry byte tables of a 4-bit code book: the value of the high nibble, of the low nibble."""
     high = np.empty(256, dtype=np.float32)
     low = np.empty(256, dtype=np.float32)
     for v in range(256):
         high[v] = table[v >> 4]
         low[v] = table[v & 15]
-    y = np.empty((R, O), dtype=np.float32)
+    return high, low
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemv_nf4(xe, xo, q, scales, table):
+    """bitsandbytes order: element 2j is the HIGH nibble of byte j; w = table[n] * absmax (row_nf4:
+    1.5-1.7x faster than a gather in the dot product, 0.42-0.46x bf16 on AVX2, bound by the lookups)."""
+    h = xe.shape[1]
+    O = q.shape[0]
+    high, low = nibble_tables(table)
+    y = np.empty((xe.shape[0], O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
         we = np.empty(h, dtype=np.float32)  # row o's even / odd elements, dequantized
         wo = np.empty(h, dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for g in range(ng):
-                s = scales[o, g]
-                b = g * H
-                for j in range(H):
-                    v = q[o, b + j]
-                    we[b + j] = high[v] * s
-                    wo[b + j] = low[v] * s
-            for r in range(R):
-                t = np.float32(0.0)
-                for j in range(h):
-                    t += xe[r, j] * we[j] + xo[r, j] * wo[j]
-                y[r, o] = t
+            row_nf4(y, o, xe, xo, q, scales, high, low, o, we, wo)
     return y
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_q8_0(x, q, qs, f16):
     """ggml block_q8_0 (34 B: f16 d, i8 qs[32]); q (out, blocks*34) u8 and qs its int8 view."""
-    R, n = x.shape
-    nb = q.shape[1] // 34
-    B = n // nb  # 32, known only at run time on purpose: a constant trip count is fully
-    #              unrolled by LLVM and then not vectorised (Numba turns SLP vectorisation off)
-    y = np.empty((R, q.shape[0]), dtype=np.float32)
+    y = np.empty((x.shape[0], q.shape[0]), dtype=np.float32)
     for o in prange(q.shape[0]):
-        for r in range(R):
-            acc = np.float32(0.0)
-            for k in range(nb):
-                b = k * 34 + 2
-                e = k * B
-                t = np.float32(0.0)
-                for l in range(B):
-                    t += x[r, e + l] * np.float32(np.int32(qs[o, b + l]))
-                acc += t * _f16_at(q, o, b - 2, f16)
-            y[r, o] = acc
+        row_q8_0(y, o, x, q, qs, o, f16)
     return y
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_q4_0(x, xsum, q, f16):
-    """ggml block_q4_0 (18 B: f16 d, u8 qs[16]): byte l of qs holds element l (low nibble) and
-    element l + 16 (high); w = d (n - 8). xsum (R, in/32) are the block sums of x."""
-    R, n = x.shape
-    nb = q.shape[1] // 18
-    half = n // nb // 2  # 16, at run time (see gemv_q8_0)
+    """ggml block_q4_0; xsum (R, in/32) are the block sums of x."""
     O = q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
+    y = np.empty((x.shape[0], O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
-        lanes = np.empty(half, dtype=np.float32)
+        lanes = np.empty(16, dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for r in range(R):
-                lanes[:] = 0.0
-                corr = np.float32(0.0)
-                for k in range(nb):
-                    b = k * 18 + 2
-                    e = k * 2 * half
-                    d = _f16_at(q, o, b - 2, f16)
-                    corr += d * xsum[r, k]
-                    for l in range(half):
-                        v = np.int32(q[o, b + l])
-                        lanes[l] += d * (x[r, e + l] * np.float32(np.int32(v & np.int32(15)))
-                                         + x[r, e + half + l] * np.float32(np.int32(v >> np.int32(4))))
-                t = np.float32(-8.0) * corr
-                for l in range(half):
-                    t += lanes[l]
-                y[r, o] = t
+            row_q4_0(y, o, x, xsum, q, o, f16, lanes)
     return y
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemv_q4_1(x, xsum, q, f16):
-    """ggml block_q4_1 (20 B: f16 d, f16 m, u8 qs[16], split halves as q4_0); w = d n + m."""
-    R, n = x.shape
-    nb = q.shape[1] // 20
-    half = n // nb // 2
+    """ggml block_q4_1 (w = d n + m)."""
     O = q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
+    y = np.empty((x.shape[0], O), dtype=np.float32)
     for c in prange((O + CHUNK - 1) // CHUNK):
-        lanes = np.empty(half, dtype=np.float32)
+        lanes = np.empty(16, dtype=np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for r in range(R):
-                lanes[:] = 0.0
-                corr = np.float32(0.0)
-                for k in range(nb):
-                    b = k * 20 + 4
-                    e = k * 2 * half
-                    d = _f16_at(q, o, b - 4, f16)
-                    corr += _f16_at(q, o, b - 2, f16) * xsum[r, k]
-                    for l in range(half):
-                        v = np.int32(q[o, b + l])
-                        lanes[l] += d * (x[r, e + l] * np.float32(np.int32(v & np.int32(15)))
-                                         + x[r, e + half + l] * np.float32(np.int32(v >> np.int32(4))))
-                t = corr
-                for l in range(half):
-                    t += lanes[l]
-                y[r, o] = t
+            row_q4_1(y, o, x, xsum, q, o, f16, lanes)
     return y
 
 
@@ -262,7 +169,7 @@ def dequant_nf4(q, scales, table, out):
 def dequant_q8_0(q, qs, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // 34):
-            d = _f16_at(q, o, k * 34, f16)
+            d = f16_at(q, o, k * 34, f16)
             for l in range(32):
                 out[o, k * 32 + l] = np.float32(qs[o, k * 34 + 2 + l]) * d
 
@@ -271,7 +178,7 @@ def dequant_q8_0(q, qs, f16, out):
 def dequant_q4_0(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // 18):
-            d = _f16_at(q, o, k * 18, f16)
+            d = f16_at(q, o, k * 18, f16)
             for l in range(16):
                 v = np.int32(q[o, k * 18 + 2 + l])
                 out[o, k * 32 + l] = (np.float32(v & np.int32(15)) - np.float32(8.0)) * d
@@ -282,7 +189,7 @@ def dequant_q4_0(q, f16, out):
 def dequant_q4_1(q, f16, out):
     for o in prange(q.shape[0]):
         for k in range(q.shape[1] // 20):
-            d, m = _f16_at(q, o, k * 20, f16), _f16_at(q, o, k * 20 + 2, f16)
+            d, m = f16_at(q, o, k * 20, f16), f16_at(q, o, k * 20 + 2, f16)
             for l in range(16):
                 v = np.int32(q[o, k * 20 + 4 + l])
                 out[o, k * 32 + l] = np.float32(v & np.int32(15)) * d + m

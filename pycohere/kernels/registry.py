@@ -23,7 +23,8 @@ import numpy as np
 from ..quant.activations import round_q8_0
 from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
 from ..spec import layers as L
-from . import attention, dense, hf, int8_dot, quant
+from ..spec.params import ForwardState
+from . import attention, decode, dense, hf, int8_dot, quant
 from .dispatch import fast_weight
 
 
@@ -104,6 +105,22 @@ def _fast_permute(q, perm):
     return out
 
 
+def _spec_decode_step(params, dims, x, cos, sin, kv_valid, cache):
+    """One token per sequence through the spec: every layer's decoder_layer, the final norm, the head."""
+    past = cache.get_seq_length()
+    state = ForwardState(cos[:, None], sin[:, None], np.arange(past, past + 1), kv_valid)
+    h = x[:, None]                                                    # (B, 1, D)
+    for p, layer_cache in zip(params.layers, cache.layers):
+        h = L.decoder_layer(h, p, dims, state, layer_cache.update)
+    return L.lm_head(L.layer_norm(h[:, 0], params.norm, dims.eps), params.lm_head, dims.logit_scale)
+
+
+def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
+    engine = decode.DecodeEngine.build(params, dims)
+    assert engine is not None, "every matrix of these params has a decode kernel"
+    return engine.logits(x, cos, sin, kv_valid, cache)
+
+
 DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.widen_bf16), "F16": (dense.gemv_f16, dense.widen_f16),
                  "F32": (dense.gemv_f32,)}
 QUANT_KERNELS = {
@@ -134,6 +151,9 @@ def _twins() -> tuple[Twin, ...]:
         twins.append(Twin(f"dequantize/{scheme}", "dequantize", scheme, _spec_dequantize, _fast_dequantize,
                           (dequant,)))
         twins.append(Twin(f"rows/{scheme}", "rows", scheme, _spec_rows, _fast_rows, (dequant,)))
+    for kind, block in enumerate(decode.BLOCKS):
+        twins.append(Twin(f"decode/{decode.KIND_NAMES[kind]}", "decode", decode.KIND_NAMES[kind], _spec_decode_step,
+                          _fast_decode_step, (decode.decode_layer, decode.decode_head, block), "softmax"))
     twins += [
         Twin("attention/decode", "attention", "float32", _spec_attention, _fast_decode_attention,
              (attention.decode_attention,), "softmax"),

@@ -1,4 +1,5 @@
-"""The numba backend's forward: the fast twin of ``pycohere.spec.layers.decoder_layer``.
+"""The numba backend's forward for prompts (T > 1): the fast twin of ``pycohere.spec.layers.decoder_layer``
+(one token per sequence runs the compiled step instead, ``pycohere.kernels.decode.DecodeEngine``).
 
 The model chooses it (float32, backend "numba", no tap and no packed sequences); its matmuls are the
 weights' bound kernels (``pycohere.kernels.dispatch.fast_weight``, set up at load) and its attention the

@@ -21,6 +21,7 @@ from ..checkpoints.probe import Probe, probe
 from ..config import Cohere2Config, CohereConfig
 from ..errors import ConfigError, InputError
 from ..generation.utils import GenerationMixin
+from ..kernels.decode import DecodeEngine
 from ..kernels.dispatch import resolve_backend
 from ..quant.config import resolve_quantization
 from ..spec import layers as L
@@ -100,6 +101,8 @@ class CohereModel(_Pretrained):
         for i, p in enumerate(params.layers):  # each layer's attention kind, decided here once
             p.sliding_window, p.use_rope = self._windows[i], self.layer_uses_rope(i)
         self._fast = backend == "numba" and self.dtype == np.float32
+        # the compiled one-token step, when every matrix has a decode kernel (else decode runs the layers)
+        self._decoder = DecodeEngine.build(params, self.dims) if self._fast else None
         self._inv_freq: tuple | None = None  # (inv_freq, attention_factor) when it does not depend on length
         self._warned_long = False
 
@@ -227,9 +230,10 @@ def _layer_tap(recorder, all_attn, layer: int):
     prefix = f"layers.{layer}."
 
     def rec(name, value):
+        out = None if recorder is None else recorder(prefix + name, value)
         if all_attn is not None and name == "attn_probs":
-            all_attn.append(value)
-        return None if recorder is None else recorder(prefix + name, value)
+            all_attn.append(value if out is None else out)  # what the forward used: after any hook
+        return out
     return rec
 
 
@@ -284,7 +288,11 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
         logits (B, V) of the last position; appends to ``cache``."""
         m = self.model
         past = cache.get_seq_length()
-        h = m._forward(m._embed(ids), m._state(positions, past, kv_valid), cache)   # (B, T, D)
+        state = m._state(positions, past, kv_valid)
+        if m._decoder is not None and ids.shape[1] == 1:  # one token per sequence: the compiled step
+            x = np.ascontiguousarray(m._embed(ids)[:, 0])                           # (B, D)
+            return m._decoder.logits(x, state.cos[:, 0], state.sin[:, 0], kv_valid, cache)
+        h = m._forward(m._embed(ids), state, cache)                                  # (B, T, D)
         return L.lm_head(h[:, -1], self.params.lm_head, self.config.logit_scale)    # (B, V)
 
 

@@ -47,17 +47,19 @@ class LayerCache:
         capacity = self.k.shape[1] if self.k is not None else self.capacity
         return self.length + T <= capacity
 
-    def update(self, k: np.ndarray, v: np.ndarray):
-        """Append k, v (B, T, K, Dh); return (k_all, v_all) (B, S, K, Dh) and their first absolute index."""
-        B, T, K, Dh = k.shape
+    def reserve(self, B: int, T: int, K: int, Dh: int, dtype) -> int:
+        """Make room for T more tokens (allocating, compacting a sliding layer or growing the buffer);
+        return the slot where they go. Nothing is written: ``update`` writes, as does the compiled
+        decode step (``pycohere.kernels.decode``), which writes its keys straight into ``k``/``v``."""
+        dtype = np.dtype(dtype)
         if self.k is None:
             cap = max(self.capacity, T) if self.static else max(self.capacity, T, 16)
-            self.k = np.empty((B, cap, K, Dh), dtype=k.dtype)
-            self.v = np.empty((B, cap, K, Dh), dtype=v.dtype)
-        elif self.k.shape[0] != B or self.k.shape[2:] != (K, Dh) or self.k.dtype != k.dtype:
+            self.k = np.empty((B, cap, K, Dh), dtype=dtype)
+            self.v = np.empty((B, cap, K, Dh), dtype=dtype)
+        elif self.k.shape[0] != B or self.k.shape[2:] != (K, Dh) or self.k.dtype != dtype:
             raise CacheError(f"cache holds batch {self.k.shape[0]}, {self.k.shape[2]} kv heads of "
                              f"{self.k.shape[3]} ({self.k.dtype}); got batch {B}, {K} heads of {Dh} "
-                             f"({k.dtype}). Use a new cache for a new batch or model.")
+                             f"({dtype}). Use a new cache for a new batch or model.")
         need = self.length + T
         if need > self.k.shape[1] and self.window is not None:
             self._compact()
@@ -72,11 +74,16 @@ class LayerCache:
                 buf = np.empty((B, new_cap) + old.shape[2:], dtype=old.dtype)
                 buf[:, :self.length] = old[:, :self.length]
                 setattr(self, name, buf)
-        self.k[:, self.length:need] = k
-        self.v[:, self.length:need] = v
-        self.length = need
-        return self.k[:, :need], self.v[:, :need], self.start
+        return self.length
 
+    def update(self, k: np.ndarray, v: np.ndarray):
+        """Append k, v (B, T, K, Dh); return (k_all, v_all) (B, S, K, Dh) and their first absolute index."""
+        B, T, K, Dh = k.shape
+        slot = self.reserve(B, T, K, Dh, k.dtype)
+        self.k[:, slot:slot + T] = k
+        self.v[:, slot:slot + T] = v
+        self.length = slot + T
+        return self.k[:, :self.length], self.v[:, :self.length], self.start
 
 class KVCache:
     """The cache of a whole model: ``past_key_values`` in the forward API.
@@ -115,6 +122,20 @@ class KVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens processed so far (the absolute index the next token will get)."""
         return self.layers[layer_idx].seen
+
+    def crop(self, max_length: int) -> None:
+        """Keep only the first ``max_length`` tokens (transformers ``DynamicCache.crop``), so a cache of
+        a longer sequence can continue a prompt that shares that prefix. A sliding layer that already
+        dropped entries the shorter sequence still needs cannot be cropped: CacheError, nothing changed."""
+        if not isinstance(max_length, (int, np.integer)) or not 0 <= max_length <= self.get_seq_length():
+            raise CacheError(f"crop needs a length in [0, {self.get_seq_length()}], got {max_length!r}")
+        for layer in self.layers:
+            oldest_needed = 0 if layer.window is None else max(0, max_length - (layer.window - 1))
+            if layer.start > oldest_needed:
+                raise CacheError(f"a sliding layer has dropped the entries before {layer.start}; it cannot be "
+                                 f"cropped to {max_length} tokens (recompute the prompt instead)")
+        for layer in self.layers:
+            layer.length = max_length - layer.start
 
     @property
     def batch_size(self) -> int | None:
