@@ -11,7 +11,7 @@ import pytest
 import pycohere
 from pycohere import errors, golden
 from pycohere.cli import golden as golden_cli
-from pycohere.golden.job import GoldenJob, TaskStore
+from pycohere.golden.job import GoldenJob, SerialExecutor, TaskStore
 
 from helpers import write_chat_model
 
@@ -44,6 +44,24 @@ def test_several_checkpoints_in_one_serial_job_equal_one_make_each(job, capsys):
     for m in models:
         same_bytes(root / "multi" / m.name, serial[m.name])
     assert "wrote" in capsys.readouterr().out
+
+
+class LastFirst(SerialExecutor):
+    """Tasks complete in the reverse of the order they were submitted (as on a cluster, any order)."""
+
+    @staticmethod
+    def as_completed(futures):
+        return reversed(list(futures))
+
+
+def test_the_order_tasks_finish_in_changes_nothing(job, tmp_path):
+    root, models, serial = job
+    texts = golden_cli.read_prompts_file(root / "p.txt")
+    g = GoldenJob([str(m) for m in models], tmp_path / "out", texts, None, ["layers.0.*", "norm", "logits"], 2,
+                  chunk=2)
+    for path, _, ran, found in g.run(LastFirst):
+        assert (ran, found) == (3, 0)
+        same_bytes(path, serial[path.name])
 
 
 def test_a_local_dask_cluster_gives_the_same_bytes_and_a_rerun_finds_every_task(job, capsys):

@@ -159,8 +159,8 @@ class GoldenJob:
         if self.chunk < 1:
             raise InputError(f"--chunk must be at least 1 prompt per task, got {self.chunk}")
         dests = self.destinations()
-        described = [f.result() for f in executor.as_completed(
-            [executor.submit(describe, str(c), self.texts, self.ids) for c in self.checkpoints])]
+        futures = [executor.submit(describe, str(c), self.texts, self.ids) for c in self.checkpoints]
+        described = [f.result() for f in futures]  # (in checkpoint order, not the order they finish in)
         plans, pending, found = [], {}, [0] * len(self.checkpoints)
         for c, d in enumerate(described):
             info = d["info"]
