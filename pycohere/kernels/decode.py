@@ -38,7 +38,11 @@ from .rows import (row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_
 F32, F16, BF16, INT8, INT4, INT4_ASYM, NF4, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = range(12)
 KIND_NAMES = ("F32", "F16", "BF16", "int8", "int4", "int4-asym", "nf4", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k")
 N_MATRICES = 7
-ROWS_PER_JOB = 32
+# Weight bytes per job of a parallel pass: equal-cost jobs make Numba's static split of a pass over the
+# threads balanced (with rows per job instead, the o_proj and down_proj rows of region 3, 2048 and 5632
+# wide, fell to different threads: one thread read 3x the bytes of the other), and 128 KiB keeps the per-job
+# call overhead under 1% of the bytes' time.
+JOB_BYTES = 128 << 10
 ACT_CHUNK = 512
 SILU, GELU = 0, 1
 
@@ -214,44 +218,29 @@ def rope_row(v, cos, sin):
         v[2 * i + 1] = b * cos[i] + a * sin[i]
 
 
-@njit(cache=True)
-def job_position(job, ends):
-    """(matrix index i, job index j within it, first output column of the matrix) of a job of rows_pass (not
-    inlined: Numba's parfor pass refuses arithmetic on a copy of the parallel loop index)."""
-    i, j, first = 0, job, 0
-    while True:
-        count = (ends[i] - first + ROWS_PER_JOB - 1) // ROWS_PER_JOB
-        if j < count:
-            return i, j, first
-        j -= count
-        first = ends[i]
-        i += 1
-
-
 @njit(cache=True, inline="always")
-def rows_pass(y, kinds, mats, ends, x, xe, xo, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch):
-    """One parallel pass over the rows of several matrices: columns [ends[i-1], ends[i]) of y are the rows
-    of matrix mats[i] times x, in jobs of ROWS_PER_JOB rows (a job never crosses a matrix)."""
-    n_jobs = 0
-    for i in range(mats.shape[0]):
-        lo_ = ends[i - 1] if i > 0 else 0
-        n_jobs += (ends[i] - lo_ + ROWS_PER_JOB - 1) // ROWS_PER_JOB
-    for job in prange(n_jobs):
-        # which matrix and which rows this job has
-        i, j, first = job_position(np.int64(job), ends)
-        m = mats[i]
-        o0 = j * ROWS_PER_JOB
-        n = min(ROWS_PER_JOB, ends[i] - first - o0)
-        t = get_thread_id()
-        sc = scratch[t]
-        call_block(kinds[m], y, first + o0, o0, n, x, xe, xo, xsums[m], wu16[m], wf32[m], wu8[m], wi8[m], s1[m], s2[m],
-                   hi[m], lo[m], f16, sc[0:64], sc[64:72], sc[72:80], sc[80:80 + xe.shape[1]], sc[80 + xe.shape[1]:80 + 2 * xe.shape[1]])
+def run_plan(y, plan, kinds, xa, xae, xao, xb, xbe, xbo, b_matrix, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
+             f16, scratch):
+    """One parallel pass over the jobs of ``plan`` (n_jobs, 4): job (m, o0, n, col) writes rows o0..o0+n of
+    matrix m times its input (xa, or xb for matrix ``b_matrix``) into columns col..col+n of y. The jobs
+    cost the same number of weight bytes (``job_plan``), so the static split of the loop over the threads
+    is balanced even when matrices of different widths share a pass."""
+    for job in prange(plan.shape[0]):
+        m, o0, n, col = plan[job, 0], plan[job, 1], plan[job, 2], plan[job, 3]
+        sc = scratch[get_thread_id()]
+        if m == b_matrix:
+            x, xe, xo = xb, xbe, xbo
+        else:
+            x, xe, xo = xa, xae, xao
+        h = xe.shape[1]
+        call_block(kinds[m], y, col, o0, n, x, xe, xo, xsums[m], wu16[m], wf32[m], wu8[m], wi8[m], s1[m], s2[m],
+                   hi[m], lo[m], f16, sc[0:64], sc[64:72], sc[72:80], sc[80:80 + h], sc[80 + h:80 + 2 * h])
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, biases, has_bias,
                  q_norm, k_norm, has_qk_norm, use_rope, cos, sin, k_cache, v_cache, slot, start, valid, has_valid,
-                 window, act_kind, H, K, Dh, F, bufs, scratch):
+                 window, act_kind, H, K, Dh, F, bufs, scratch, plan1, plan3):
     """One decoder layer for one token per sequence.
 
     x (B, D) the layer input, out (B, D) <- the layer output; ln_w (D,); kinds/wu16/.../s2: the 7 matrices
@@ -261,23 +250,21 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     positions; k_cache/v_cache (B, cap, K, Dh): this token's keys go to ``slot``, the stored ones are
     slots 0..slot with absolute indices start + s; valid (B, >= start + slot + 1) padding by absolute
     index (has_valid); window: sliding window or 0. bufs: (h, y1, he, ho, ctx, ce, co, act, ae, ao, ya)
-    from ``decode_buffers``; scratch (threads, 80 + 2 * max(D, HD, F) / 2) per-thread rows.
+    from ``decode_buffers``; scratch (threads, ``scratch_rows``) per-thread rows; plan1: the jobs of region 1
+    (matrices 0, 1, 2, 4, 5 into y1), plan3: of region 3 (3 and 6 into ya), from ``job_plan``.
     """
     B, D = x.shape
     HD, KD = H * Dh, K * Dh
     S = slot + 1
     qi = start + slot
     h, y1, he, ho, ctx, ce, co, act, ae, ao, ya = bufs
-    n1 = y1.shape[1]
     # --- region 1: LayerNorm, then the rows of q, k, v, gate, up in one pass
     for b in range(B):
         layer_norm_row(x[b], ln_w, eps, h[b])
     split_even_odd(h, he, ho)
     for m in (0, 1, 2, 4, 5):
         group_sums(h, xsums[m], groups[m])
-    ends = np.array([HD, HD + KD, HD + 2 * KD, HD + 2 * KD + F, n1], dtype=np.int64)
-    rows_pass(y1, kinds, np.array([0, 1, 2, 4, 5], dtype=np.int64), ends, h, he, ho, xsums, wu16, wf32, wu8, wi8,
-              s1, s2, hi, lo, f16, scratch)
+    run_plan(y1, plan1, kinds, h, he, ho, h, he, ho, -1, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
     # --- serially: k/v biases, k-norm, RoPE on k, the cache append (K * Dh values per sequence)
     for b in range(B):
         for kh in range(K):
@@ -361,19 +348,7 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     group_sums(ctx, xsums[3], groups[3])
     split_even_odd(act, ae, ao)
     group_sums(act, xsums[6], groups[6])
-    n_jobs = 2 * ((D + ROWS_PER_JOB - 1) // ROWS_PER_JOB)
-    half = n_jobs // 2
-    for job in prange(n_jobs):
-        t = get_thread_id()
-        sc = scratch[t]
-        first = (job % half) * ROWS_PER_JOB
-        n = min(ROWS_PER_JOB, D - first)
-        if job < half:
-            call_block(kinds[3], ya, first, first, n, ctx, ce, co, xsums[3], wu16[3], wf32[3], wu8[3], wi8[3], s1[3], s2[3], hi[3],
-                   lo[3], f16, sc[0:64], sc[64:72], sc[72:80], sc[80:80 + HD // 2], sc[80 + HD // 2:80 + HD])
-        else:
-            call_block(kinds[6], ya, D + first, first, n, act, ae, ao, xsums[6], wu16[6], wf32[6], wu8[6], wi8[6], s1[6], s2[6],
-                   hi[6], lo[6], f16, sc[0:64], sc[64:72], sc[72:80], sc[80:80 + F // 2], sc[80 + F // 2:80 + F])
+    run_plan(ya, plan3, kinds, ctx, ce, co, act, ae, ao, 6, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
     # the parallel residual: out = x + attn + mlp
     for b in range(B):
         for r in range(D):
@@ -392,9 +367,25 @@ def scratch_rows(D: int, H: int, Dh: int, F: int) -> int:
     return 80 + 2 * max(D, H * Dh, F)
 
 
+def job_plan(matrices) -> np.ndarray:
+    """The jobs of one parallel pass: ``matrices`` lists (m, rows, bytes per row, first output column) ->
+    (n_jobs, 4) int64 rows (m, o0, n, col) of about ``JOB_BYTES`` weight bytes each (``run_plan``)."""
+    jobs = []
+    for m, rows, row_bytes, col in matrices:
+        step = max(1, JOB_BYTES // max(1, row_bytes))
+        jobs += [(m, o0, min(step, rows - o0), col + o0) for o0 in range(0, rows, step)]
+    return np.array(jobs, dtype=np.int64).reshape(-1, 4)
+
+
+def row_bytes(arrays: tuple) -> int:
+    """Weight bytes per output row of a matrix given as ``matrix_arrays`` (the placeholders count nothing)."""
+    rows = max(a.shape[0] for a in arrays[1:7])
+    return sum(a.nbytes // rows for a in arrays[1:7] if a.shape[0] == rows and a.size > 1)
+
+
 @njit(cache=True, parallel=True, fastmath=FAST)
 def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, logit_scale, h, he,
-                ho, logits, scratch):
+                ho, logits, scratch, plan):
     """The final LayerNorm and the head (matrix 0 of the 1-tuples) times logit_scale: x (B, D) -> logits
     (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch."""
     B, D = x.shape
@@ -402,8 +393,7 @@ def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16
         layer_norm_row(x[b], norm_w, eps, h[b])
     split_even_odd(h, he, ho)
     group_sums(h, xsums[0], groups[0])
-    rows_pass(logits, kinds, np.array([0], dtype=np.int64), np.array([logits.shape[1]], dtype=np.int64), h, he, ho,
-              xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(logits, plan, kinds, h, he, ho, h, he, ho, -1, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
     for b in range(B):
         for o in range(logits.shape[1]):
             logits[b, o] *= logit_scale
@@ -498,6 +488,14 @@ class DecodeEngine:
                 groups[m] = 32
         packed = {"kinds": np.array(kinds, np.int64), "w": tuple(tuple(m[i] for m in mats) for i in range(1, 7)),
                   "hi": hi, "lo": lo, "groups": groups, "ins": ins, "xsums": {}}
+        rows = [max(a.shape[0] for a in m[1:7]) for m in mats]
+        sizes = [row_bytes(m) for m in mats]
+        if p is None:  # the head
+            packed["plan"] = job_plan([(0, rows[0], sizes[0], 0)])
+        else:  # region 1: q, k, v, gate, up side by side in y1; region 3: o, down in ya
+            cols = np.cumsum([0] + [rows[m] for m in (0, 1, 2, 4)])
+            packed["plan1"] = job_plan([(m, rows[m], sizes[m], c) for m, c in zip((0, 1, 2, 4, 5), cols)])
+            packed["plan3"] = job_plan([(3, rows[3], sizes[3], 0), (6, rows[6], sizes[6], rows[3])])
         if p is not None:
             one = np.zeros(1, np.float32)
             has_bias = p.q_bias is not None
@@ -545,13 +543,14 @@ class DecodeEngine:
         for lp, lc in zip(self.layers, cache.layers):
             slot = lc.reserve(B, 1, d.K, d.Dh, np.float32)
             decode_layer(a, b, lp["ln"], eps, lp["kinds"], *lp["w"], lp["hi"], lp["lo"], F16_TABLE, lp["groups"],
-                           self._xsums(lp, B), lp["biases"], lp["has_bias"], lp["q_norm"], lp["k_norm"],
-                           lp["has_qk_norm"], lp["use_rope"], cos, sin, lc.k, lc.v, slot, lc.start, valid,
-                           kv_valid is not None, lp["window"], act, d.H, d.K, d.Dh, d.F, bufs, self._scratch)
+                         self._xsums(lp, B), lp["biases"], lp["has_bias"], lp["q_norm"], lp["k_norm"],
+                         lp["has_qk_norm"], lp["use_rope"], cos, sin, lc.k, lc.v, slot, lc.start, valid,
+                         kv_valid is not None, lp["window"], act, d.H, d.K, d.Dh, d.F, bufs, self._scratch,
+                         lp["plan1"], lp["plan3"])
             lc.length = slot + 1
             a, b = b, a
         hp = self.head
         logits = np.empty((B, d.V), np.float32)
         decode_head(a, self.norm, eps, hp["kinds"], *hp["w"], hp["hi"], hp["lo"], F16_TABLE, hp["groups"],
-                      self._xsums(hp, B), np.float32(d.logit_scale), *head_bufs, logits, self._scratch)
+                    self._xsums(hp, B), np.float32(d.logit_scale), *head_bufs, logits, self._scratch, hp["plan"])
         return logits
