@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from pycohere.kernels.registry import TWINS
 from pycohere.quant import QuantizedWeight, get_scheme
+from pycohere.quant.activations import LlamaCppActivations
 from pycohere.spec.weights import DenseWeight
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
@@ -127,18 +128,27 @@ def test_kernel_equals_its_twin(twin, seed, rows, out_dim, blocks):
         x = (rng.standard_normal((rows, 32 * blocks)) * np.exp(rng.uniform(-4, 4))).astype(np.float32)
         # the same codes and scales: d * q equal (the spec's rint may give -0.0 where the int8 code 0 gives +0.0)
         np.testing.assert_array_equal(twin.fast(x), twin.spec(x))
+    elif twin.kind == "round-rows":
+        x = (rng.standard_normal((rows, 256 * blocks)) * np.exp(rng.uniform(-4, 4))).astype(np.float32)
+        x[rng.random(x.shape) < 0.02] = 0.0
+        if seed % 5 == 0:  # non-finite values take the spec's path through the same formulas
+            x[0, int(rng.integers(x.shape[1]))] = [np.nan, np.inf, -np.inf, 7e4][seed % 4]
+        with np.errstate(all="ignore"):
+            want = twin.spec(x, twin.case)
+            got = twin.fast(x, twin.case)
+        np.testing.assert_array_equal(got, want)  # (NaN == NaN here; -0.0 == 0.0)
     elif twin.kind == "permute":
         q = rng.integers(0, 256, size=(out_dim, 16 * blocks), dtype=np.uint8)
         perm = rng.permutation(32 * blocks)
         np.testing.assert_array_equal(twin.fast(q, perm), twin.spec(q, perm))
-    elif twin.kind == "decode":
+    elif twin.kind in ("decode", "decode-rounded"):
         check_decode_step(twin, rng, B=1 + rows % 3, qk_norm=bool(seed % 2), bias=bool(seed % 3 == 0),
-                          window=[None, 2][seed % 2], past=int(out_dim % 6))
+                          window=[None, 2][seed % 2], past=int(out_dim % 6), rounded=twin.kind == "decode-rounded")
     else:  # pragma: no cover - a registry entry this test does not know how to feed
         pytest.fail(f"no inputs for twin kind {twin.kind!r}")
 
 
-def check_decode_step(twin, rng, B, qk_norm, bias, window, past):
+def check_decode_step(twin, rng, B, qk_norm, bias, window, past, rounded=False):
     """The compiled one-token step against the spec: two random layers (GQA, a NoPE one), every matrix in
     the twin's kind, a cache holding ``past`` tokens (and padding), one token per sequence."""
     from pycohere.spec.cache import LayerCache
@@ -152,7 +162,8 @@ def check_decode_step(twin, rng, B, qk_norm, bias, window, past):
     dims = Dims(D=D, H=H, K=K, Dh=Dh, F=F, V=24, L=2, eps=1e-5, act="silu", logit_scale=0.5)
 
     def weight(out, inp):
-        return make_weight(rng, case, out, inp // (group_of(case) or 32), exact=False)
+        w = make_weight(rng, case, out, inp // (group_of(case) or 32), exact=False)
+        return LlamaCppActivations(w) if rounded else w
 
     def vec(*shape):
         return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
@@ -207,7 +218,7 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
     covered = {id(k) for t in TWINS for k in t.kernels}
     orphans = []
-    for name in ("attention", "dense", "hf", "int8_dot", "jit", "kquant", "quant"):
+    for name in ("attention", "dense", "hf", "int8_dot", "jit", "kquant", "quant", "rounding"):
         module = importlib.import_module(f"pycohere.kernels.{name}")
         for attr, value in vars(module).items():
             if (isinstance(value, CPUDispatcher) and value.__module__ == module.__name__

@@ -160,6 +160,7 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
         model(ids_short[:, :8], past_key_values=cache, use_cache=True, logits_to_keep=1)
         model(ids_short[:, 8:9], past_key_values=cache, use_cache=True, logits_to_keep=1)
         r["first_call_s"] = time.perf_counter() - t - r["load_s"]
+        r["kernels"] = " | ".join(model.kernel_report())
         del warm
 
         def prefill(ids):
@@ -293,11 +294,14 @@ def main(argv=None):
                 env["NUMBA_THREADING_LAYER"] = layer
             if trees[impl]:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [trees[impl], env.get("PYTHONPATH", "")]))
+            load_before = os.getloadavg()[0]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            load_after = os.getloadavg()[0]
             if out.returncode != 0:
                 print(f"{impl} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["load_avg"] = [load_before, load_after]  # 1-minute load average before and after the worker
             results[impl].append(r)
             print(f"rep {rep} {impl}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in r.items()), file=sys.stderr)
@@ -327,6 +331,16 @@ def main(argv=None):
         rss = summarise(rs, "peak_rss")
         print(f"| {impl} | {fmt('load_s', '{:.2f}')} | {fmt('prefill_short_tps')} | {fmt('prefill_long_tps')} | "
               f"{fmt('decode_step_tps', '{:.2f}')} | {dec[0] / roof:.0%} of {roof:.2f} | {rss[0] / file_bytes:.2f}× |")
+    loads = [x for rs in results.values() for r in rs for x in r["load_avg"]]
+    if loads:
+        print(f"\nLoad average (1 min) around the workers: {min(loads):.2f}–{max(loads):.2f} "
+              f"(a 2-core host above ~0.5 shared its cores with other work)  ")
+    paths = {impl: rs[0]["kernels"] for impl, rs in results.items() if rs and "kernels" in rs[0]}
+    if paths:
+        print("\nKernel paths (model.kernel_report()):\n")
+        for impl, path in paths.items():
+            print(f"- {impl}: {path}")
+        print()
     # Side-by-side ratios: per repetition (the two ran back to back), then the median and range.
     base = impls[0]
     for impl in impls[1:]:

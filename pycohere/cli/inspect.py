@@ -5,6 +5,8 @@ import math
 
 from ..checkpoints.manifest import check_manifest
 from ..checkpoints.probe import probe
+from ..kernels.dispatch import resolve_backend
+from ..model import AutoModelForCausalLM
 from .common import human
 
 def cmd_inspect(args) -> int:
@@ -60,6 +62,10 @@ def cmd_inspect(args) -> int:
     print(f"  weights in RAM: {human(total)} {how} (float32 copy would be {human(4 * n_params)})")
     print(f"  KV cache (float32): {human(kv_per_token * kv_layers)} per token"
           + (" for full layers; sliding layers cap at their window" if getattr(c, "layer_types", None) else ""))
+    backend = resolve_backend(getattr(args, "backend", None))
+    if backend == "numba":  # what a load would run (mapping the weights costs no copy; nothing is compiled)
+        model = AutoModelForCausalLM.from_pretrained(found, backend=backend)
+        print("\n  kernels: " + "\n  ".join(model.kernel_report()))
     return 0
 
 

@@ -26,11 +26,13 @@ import numpy as np
 
 from numba import config, get_thread_id
 
+from ..quant.activations import LlamaCppActivations
 from ..quant.schemes import FP4_TABLE, INV127, NF4_TABLE
 from ..quant.weight import QuantizedWeight
 from ..spec.params import Dims
 from ..spec.weights import DenseWeight
 from .jit import F16_TABLE, FAST, njit, prange
+from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, round_rows
 from .rows import (row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_q4_0, row_q4_1, row_q4_k,
                    row_q6_k, row_q8_0)
 
@@ -45,6 +47,7 @@ N_MATRICES = 7
 JOB_BYTES = 128 << 10
 ACT_CHUNK = 512
 SILU, GELU = 0, 1
+VECTOR_IR_KINDS = ("q8_0", "q4_0", "q4_1", "q4_k", "q6_k")  # rows written as vector IR (kernels.vrows)
 
 
 # --- one block function per kind: y[:, col0 + i] = x @ W[o0 + i] for i < n --------------------------
@@ -240,7 +243,7 @@ def run_plan(y, plan, kinds, xa, xae, xao, xb, xbe, xbo, b_matrix, xsums, wu16, 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, biases, has_bias,
                  q_norm, k_norm, has_qk_norm, use_rope, cos, sin, k_cache, v_cache, slot, start, valid, has_valid,
-                 window, act_kind, H, K, Dh, F, bufs, scratch, plan1, plan3):
+                 window, act_kind, H, K, Dh, F, bufs, scratch, plan1, plan3, rounds):
     """One decoder layer for one token per sequence.
 
     x (B, D) the layer input, out (B, D) <- the layer output; ln_w (D,); kinds/wu16/.../s2: the 7 matrices
@@ -251,7 +254,9 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     slots 0..slot with absolute indices start + s; valid (B, >= start + slot + 1) padding by absolute
     index (has_valid); window: sliding window or 0. bufs: (h, y1, he, ho, ctx, ce, co, act, ae, ao, ya)
     from ``decode_buffers``; scratch (threads, ``scratch_rows``) per-thread rows; plan1: the jobs of region 1
-    (matrices 0, 1, 2, 4, 5 into y1), plan3: of region 3 (3 and 6 into ya), from ``job_plan``.
+    (matrices 0, 1, 2, 4, 5 into y1), plan3: of region 3 (3 and 6 into ya), from ``job_plan``. rounds (3,):
+    how the inputs of region 1, of Wo and of Wdown are rounded first (``kernels.rounding``; with
+    ``activations="llama.cpp"``, else NONE).
     """
     B, D = x.shape
     HD, KD = H * Dh, K * Dh
@@ -261,6 +266,7 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     # --- region 1: LayerNorm, then the rows of q, k, v, gate, up in one pass
     for b in range(B):
         layer_norm_row(x[b], ln_w, eps, h[b])
+    round_rows(h, rounds[0])
     split_even_odd(h, he, ho)
     for m in (0, 1, 2, 4, 5):
         group_sums(h, xsums[m], groups[m])
@@ -344,6 +350,8 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
                 act[b, f] = a * uv
 
     # --- region 3: the rows of Wo and Wdown in one pass (into ya: o at columns 0..D-1, down at D..2D-1)
+    round_rows(ctx, rounds[1])
+    round_rows(act, rounds[2])
     split_even_odd(ctx, ce, co)
     group_sums(ctx, xsums[3], groups[3])
     split_even_odd(act, ae, ao)
@@ -385,12 +393,13 @@ def row_bytes(arrays: tuple) -> int:
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, logit_scale, h, he,
-                ho, logits, scratch, plan):
+                ho, logits, scratch, plan, rounds):
     """The final LayerNorm and the head (matrix 0 of the 1-tuples) times logit_scale: x (B, D) -> logits
-    (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch."""
+    (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch; rounds (1,): the head input's rounding."""
     B, D = x.shape
     for b in range(B):
         layer_norm_row(x[b], norm_w, eps, h[b])
+    round_rows(h, rounds[0])
     split_even_odd(h, he, ho)
     group_sums(h, xsums[0], groups[0])
     run_plan(logits, plan, kinds, h, he, ho, h, he, ho, -1, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
@@ -414,10 +423,20 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return v
 
 
+def input_rounding(w) -> int:
+    """How the decode step rounds this matrix's input: a ``kernels.rounding`` code (llama.cpp's
+    ``vec_dot_type`` under ``activations="llama.cpp"``, else NONE)."""
+    w = getattr(w, "spec", w)
+    return ROUNDING_CODES[w.vec_dot_type] if isinstance(w, LlamaCppActivations) else NO_ROUNDING
+
+
 def matrix_arrays(w) -> tuple | None:
     """(kind, u16, f32, u8, i8, s1, s2, table) of a weight for ``kernels.decode``, or None when the decode
-    step has no kernel for it (then the model decodes through ``decoder_layer``)."""
+    step has no kernel for it (then the model decodes through ``decoder_layer``). A llama.cpp-rounding
+    wrapper gives its weight's arrays (the rounding is ``input_rounding``)."""
     w = getattr(w, "spec", w)  # a fast weight's plain spec weight
+    if isinstance(w, LlamaCppActivations):
+        w = getattr(w.weight, "spec", w.weight)
     u16, f32, u8, i8 = (_PLACEHOLDERS[dt] for dt in (np.uint16, np.float32, np.uint8, np.int8))
     s1 = s2 = f32
     table = None
@@ -466,11 +485,39 @@ class DecodeEngine:
                                                p.down_proj)]
             if any(m is None for m in mats):
                 return None
+            r = [input_rounding(w) for w in (p.q_proj, p.k_proj, p.v_proj, p.o_proj, p.gate_proj, p.up_proj,
+                                               p.down_proj)]
+            if len({r[0], r[1], r[2], r[4], r[5]}) > 1:  # region 1 rounds one shared input once
+                return None
             layers.append(cls._pack(mats, ins, p))
+            layers[-1]["rounds"] = np.array([r[0], r[3], r[6]], np.int64)
         head = matrix_arrays(params.lm_head)
         if head is None:
             return None
-        return cls(layers, cls._pack([head], (dims.D,), None), params, dims)
+        packed_head = cls._pack([head], (dims.D,), None)
+        packed_head["rounds"] = np.array([input_rounding(params.lm_head)], np.int64)
+        return cls(layers, packed_head, params, dims)
+
+    def describe(self) -> list[str]:
+        """The paths this engine runs, for ``pycohere inspect`` and the benchmark: the storage kinds of its
+        matrices (and how many), the activation rounding, the threads and what the vectors become."""
+        from .dispatch import threading_layer, vector_isa
+        from .rounding import CODES
+        names = {code: name for name, code in CODES.items()}
+        kinds: dict[str, int] = {}
+        rounds: set[str] = set()
+        for packed in [*self.layers, self.head]:
+            for k in packed["kinds"]:
+                kinds[KIND_NAMES[k]] = kinds.get(KIND_NAMES[k], 0) + 1
+            rounds |= {str(names[int(r)]) for r in packed["rounds"] if r != NO_ROUNDING}
+        vector = [k for k in kinds if k in VECTOR_IR_KINDS]
+        return [f"decode step: compiled, one call per layer ({len(self.layers)} layers + head), "
+                f"{config.NUMBA_NUM_THREADS} threads, threading layer {threading_layer()}",
+                "  matrices: " + ", ".join(f"{k} x{n}" for k, n in kinds.items())
+                + (f" ({', '.join(vector)}: vector-IR rows, kernels.vrows)" if vector else ""),
+                "  activations: " + (f"rounded as llama.cpp ({', '.join(sorted(rounds))}), then the same kernels"
+                                     if rounds else "float32 (exact)"),
+                f"  vectors: {vector_isa()}"]
 
     @staticmethod
     def _pack(mats: list, ins: tuple, p) -> dict:
@@ -546,11 +593,12 @@ class DecodeEngine:
                          self._xsums(lp, B), lp["biases"], lp["has_bias"], lp["q_norm"], lp["k_norm"],
                          lp["has_qk_norm"], lp["use_rope"], cos, sin, lc.k, lc.v, slot, lc.start, valid,
                          kv_valid is not None, lp["window"], act, d.H, d.K, d.Dh, d.F, bufs, self._scratch,
-                         lp["plan1"], lp["plan3"])
+                         lp["plan1"], lp["plan3"], lp["rounds"])
             lc.length = slot + 1
             a, b = b, a
         hp = self.head
         logits = np.empty((B, d.V), np.float32)
         decode_head(a, self.norm, eps, hp["kinds"], *hp["w"], hp["hi"], hp["lo"], F16_TABLE, hp["groups"],
-                    self._xsums(hp, B), np.float32(d.logit_scale), *head_bufs, logits, self._scratch, hp["plan"])
+                    self._xsums(hp, B), np.float32(d.logit_scale), *head_bufs, logits, self._scratch, hp["plan"],
+                    hp["rounds"])
         return logits

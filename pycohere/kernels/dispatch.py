@@ -51,6 +51,26 @@ def cpu_features() -> frozenset[str]:
         return frozenset()
 
 
+def vector_isa() -> str:
+    """What the compiled kernels' vectors become on this CPU (LLVM targets the host: Numba's default)."""
+    f = cpu_features()
+    isa = ("AVX-512 (16 float lanes per register)" if "avx512f" in f
+           else "AVX2 (8 float lanes; a 16-lane vector is two registers)" if "avx2" in f
+           else "no AVX2: LLVM's generic vectors")
+    extras = [name for name, key in (("F16C", "f16c"), ("AVX512-VNNI", "avx512vnni"), ("AVX-VNNI", "avxvnni"),
+                                     ("AVX512-BF16", "avx512bf16")) if key in f]
+    return isa + (f"; also {', '.join(extras)}" if extras else "")
+
+
+def threading_layer() -> str:
+    """Numba's threading layer in use (or the configured choice before the first parallel call)."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        return f"{numba.config.THREADING_LAYER} (priority {', '.join(numba.config.THREADING_LAYER_PRIORITY)})"
+
+
 def attention_kernel(backend: str, dtype):
     """The fused attention kernel to use, or None for the NumPy spec (``pycohere.spec.layers.attention``)."""
     if backend != "numba" or np.dtype(dtype) != np.float32:

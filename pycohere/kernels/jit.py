@@ -25,6 +25,17 @@ if JIT_DISABLED:
     def u32_as_f32(x):
         """Reinterpret the bits of a uint32 as float32 (plain Python twin of the intrinsic)."""
         return np.array(x, dtype=np.uint32).view(np.float32)[()]
+
+    def f16_as_f32(x):
+        """The float32 value of f16 bits (plain Python twin of the intrinsic)."""
+        return np.float32(np.array(x, dtype=np.uint16).view(np.float16)[()])
+
+    def f32_as_u32(x):
+        return np.array(x, dtype=np.float32).view(np.uint32)[()]
+
+    def round_f16(x):
+        """float32 -> nearest f16 (ties to even) -> float32 (plain Python twin of the intrinsic)."""
+        return np.float32(np.float16(np.float32(x)))
 else:
     from llvmlite import ir
     from numba.core import types
@@ -41,6 +52,44 @@ else:
     @njit(inline="always")
     def u32_as_f32(x):
         return _bitcast_u32_f32(x)
+
+    @intrinsic
+    def _f16_bits_to_f32(typingctx, x):
+        sig = types.float32(types.uint16)
+
+        def codegen(context, builder, signature, args):  # exact widening; LLVM vectorises it (vcvtph2ps)
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return sig, codegen
+
+    @intrinsic
+    def _bitcast_f32_u32(typingctx, x):
+        sig = types.uint32(types.float32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(32))
+        return sig, codegen
+
+    @intrinsic
+    def _round_f16(typingctx, x):
+        sig = types.float32(types.float32)
+
+        def codegen(context, builder, signature, args):  # IEEE round to nearest even, as NumPy's astype
+            return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+        return sig, codegen
+
+    @njit(inline="always")
+    def f32_as_u32(x):
+        return _bitcast_f32_u32(np.float32(x))
+
+    @njit(inline="always")
+    def round_f16(x):
+        """float32 -> nearest f16 (ties to even, overflow to inf) -> float32."""
+        return _round_f16(np.float32(x))
+
+    @njit(inline="always")
+    def f16_as_f32(x):
+        """The float32 value of f16 bits x (uint16): IEEE half -> single is exact, subnormals included."""
+        return _f16_bits_to_f32(np.uint16(x))
 
 # f16 bit pattern -> float32 value, for every pattern (256 KiB, stays in L2)
 F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)

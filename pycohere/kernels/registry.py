@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..quant.activations import round_q8_0
+from ..quant.activations import VEC_DOT_TYPE, round_activations, round_q8_0
 from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
 from ..spec import layers as L
 from ..spec.params import ForwardState
-from . import attention, decode, dense, hf, int8_dot, quant
+from . import attention, decode, dense, hf, int8_dot, quant, rounding
 from .dispatch import fast_weight
 
 
@@ -85,6 +85,16 @@ def _spec_round_q8_0(x):
 def _fast_round_q8_0(x):
     q, d, _ = int8_dot.quantize_activations(x)
     return (d[:, :, None] * q.reshape(q.shape[0], -1, 32).astype(np.float32)).reshape(x.shape)
+
+
+def _spec_round_rows(x, vec_dot_type):
+    return round_activations(x, vec_dot_type)
+
+
+def _fast_round_rows(x, vec_dot_type):
+    out = np.array(x, dtype=np.float32, copy=True)
+    rounding.round_rows(out, rounding.CODES[vec_dot_type])
+    return out
 
 
 def _spec_rounded_matmul(w, x):
@@ -162,6 +172,15 @@ def _twins() -> tuple[Twin, ...]:
         Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (int8_dot.quantize_q8_0_rows,)),
         Twin("permute/int4", "permute", "int4", _spec_permute, _fast_permute, (hf.permute_codes,)),
     ]
+    # activations="llama.cpp": the decode step rounds its matmul inputs (kernels.rounding), then runs the
+    # same block kernels; its twin is the spec step over LlamaCppActivations weights
+    twins += [Twin(f"round-rows/{v}", "round-rows", v, _spec_round_rows, _fast_round_rows, (rounding.round_rows,))
+              for v in ("f16", "bf16", "q8_0", "q8_k")]
+    for kind in decode.KIND_NAMES:
+        if VEC_DOT_TYPE.get(kind):
+            twins.append(Twin(f"decode-rounded/{kind}", "decode-rounded", kind, _spec_decode_step,
+                              _fast_decode_step, (decode.decode_layer, decode.decode_head, rounding.round_rows),
+                              "softmax"))
     if int8_dot.AVAILABLE:  # AVX2 hosts: integer dot products on rounded activations
         twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s, _spec_rounded_matmul, _fast_rounded_matmul,
                        (kernel,), "summation")

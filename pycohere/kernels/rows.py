@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import FAST, f16_at, njit, u32_as_f32
+from .jit import FAST, JIT_DISABLED, f16_as_f32, f16_at, njit, u32_as_f32
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
@@ -32,11 +32,12 @@ def row_bf16(y, col, x, w, o):
 
 @njit(cache=True, fastmath=FAST, inline="always")
 def row_f16(y, col, x, w, o, table):
-    """f16 bits W (out, in) uint16, widened through the 64K-entry table (Numba has no float16)."""
+    """f16 bits W (out, in) uint16, widened in registers (``f16_as_f32``: a vector vcvtph2ps on x86-64;
+    a gather from the 64K-entry ``table`` ran at a seventh of bf16's speed). ``table`` is unused here."""
     for r in range(x.shape[0]):
         s = np.float32(0.0)
         for j in range(w.shape[1]):
-            s += x[r, j] * table[w[o, j]]
+            s += x[r, j] * f16_as_f32(w[o, j])
         y[r, col] = s
 
 
@@ -278,3 +279,51 @@ def row_q6_k(y, col, x, q, qs, o, f16, lanes):
         for l in range(H):
             t += lanes[l]
         y[r, col] = t
+
+
+# --- the block formats as vector IR (``pycohere.kernels.vrows``): the plain loops above are what runs under
+# NUMBA_DISABLE_JIT (and the readable form of the same sums); compiled, these replace them. Rows whose
+# arrays are not unit-stride (never in pycohere's own callers) keep the plain loop.
+if not JIT_DISABLED:
+    from . import vrows
+
+    _plain_q4_0, _plain_q4_1, _plain_q8_0, _plain_q4_k, _plain_q6_k = row_q4_0, row_q4_1, row_q8_0, row_q4_k, row_q6_k
+
+    @njit(cache=True, inline="always")
+    def _unit(x, q, xsum):
+        return x.strides[1] == 4 and q.strides[1] == 1 and xsum.strides[1] == 4
+
+    @njit(cache=True, fastmath=FAST, inline="always")
+    def row_q4_0(y, col, x, xsum, q, o, f16, lanes):  # noqa: F811
+        if not _unit(x, q, xsum):
+            return _plain_q4_0(y, col, x, xsum, q, o, f16, lanes)
+        for r in range(x.shape[0]):
+            y[r, col] = vrows.dot_q4_0(q, o, x, r, xsum)
+
+    @njit(cache=True, fastmath=FAST, inline="always")
+    def row_q4_1(y, col, x, xsum, q, o, f16, lanes):  # noqa: F811
+        if not _unit(x, q, xsum):
+            return _plain_q4_1(y, col, x, xsum, q, o, f16, lanes)
+        for r in range(x.shape[0]):
+            y[r, col] = vrows.dot_q4_1(q, o, x, r, xsum)
+
+    @njit(cache=True, fastmath=FAST, inline="always")
+    def row_q8_0(y, col, x, q, qs, o, f16):  # noqa: F811
+        if not _unit(x, q, x):
+            return _plain_q8_0(y, col, x, q, qs, o, f16)
+        for r in range(x.shape[0]):
+            y[r, col] = vrows.dot_q8_0(q, o, x, r, x)
+
+    @njit(cache=True, fastmath=FAST, inline="always")
+    def row_q4_k(y, col, x, xsum, q, o, f16, lanes, scale, mins):  # noqa: F811
+        if not _unit(x, q, xsum):
+            return _plain_q4_k(y, col, x, xsum, q, o, f16, lanes, scale, mins)
+        for r in range(x.shape[0]):
+            y[r, col] = vrows.dot_q4_k(q, o, x, r, xsum)
+
+    @njit(cache=True, fastmath=FAST, inline="always")
+    def row_q6_k(y, col, x, q, qs, o, f16, lanes):  # noqa: F811
+        if not _unit(x, q, x):
+            return _plain_q6_k(y, col, x, q, qs, o, f16, lanes)
+        for r in range(x.shape[0]):
+            y[r, col] = vrows.dot_q6_k(q, o, x, r, x)

@@ -278,6 +278,16 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
         out = self(input_ids, recorder=rec, hooks=hooks, **kwargs)
         return out, dict(rec.records)
 
+    def kernel_report(self) -> list[str]:
+        """Which code runs this model's matmuls and decode steps (``pycohere inspect``, tools/bench.py)."""
+        m = self.model
+        lines = [f"backend {m.backend}, compute dtype {m.dtype}"]
+        if m._decoder is not None:
+            return lines + m._decoder.describe()
+        why = ("the backend is numpy" if m.backend != "numba" else "float64 runs the spec" if not m._fast
+               else "a matrix has no decode kernel")
+        return lines + [f"decode step: the layers of pycohere.spec.layers ({why})"]
+
     # -- the generation protocol (pycohere.generation.utils.GenerationMixin) ----------------------
     def _check_token_ids(self, input_ids) -> np.ndarray:
         return self.model._check_ids(input_ids)
