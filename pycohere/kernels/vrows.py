@@ -78,8 +78,8 @@ class _Row:
     def fma(self, a, b, c):  # a * b + c, contracted to one fused multiply-add
         return self.b.fadd(self.b.fmul(a, b, flags=["contract"]), c, flags=["contract"])
 
-    def hsum(self, v):  # horizontal sum of a <16 x float> (a shuffle tree)
-        n = LANES
+    def hsum(self, v):  # horizontal sum of a float vector (a shuffle tree)
+        n = v.type.count
         while n > 1:
             n //= 2
             lo = self.b.shuffle_vector(v, v, ir.Constant(_vec(_I32, n), list(range(n))))
@@ -216,22 +216,37 @@ def _q4_k_scale_min(row, blk, j):
     return sc, mn
 
 
+def _q4_k_scales_mins(row, blk):
+    """The eight 6-bit scales and mins of a Q4_K block as two <8 x i32> (get_scale_min_k4, vectorised):
+    j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = (s[j+4] & 15) | (s[j-4] >> 6) << 4,
+    m = (s[j+4] >> 4) | (s[j] >> 6) << 4, with s the 12 scale bytes at byte 4 of the block."""
+    b = row.b
+    s = row.bytes(b.add(blk, ir.Constant(_I64, 4)))  # bytes 4..19: the 12 scale bytes, then 4 of qs (unused)
+    pick = lambda idx: b.zext(b.shuffle_vector(s, s, ir.Constant(_vec(_I32, 8), idx)), _vec(_I32, 8))  # noqa: E731
+    v = lambda vals: ir.Constant(_vec(_I32, 8), vals)  # noqa: E731
+    low4, high4 = [63] * 4 + [15] * 4, [0] * 4 + [0xFFFF] * 4
+    top_bits = lambda x: b.and_(b.shl(b.lshr(x, v([6] * 8)), v([4] * 8)), v(high4))  # noqa: E731
+    a = pick([0, 1, 2, 3, 8, 9, 10, 11])       # s[j] (j < 4), s[j+4] (j >= 4)
+    c = pick([4, 5, 6, 7, 8, 9, 10, 11])       # s[j+4]
+    sc = b.or_(b.and_(a, v(low4)), top_bits(pick([0, 0, 0, 0, 0, 1, 2, 3])))   # | (s[j-4] >> 6) << 4
+    mn = b.or_(b.and_(b.lshr(c, v([0] * 4 + [4] * 4)), v(low4)), top_bits(pick([0, 0, 0, 0, 4, 5, 6, 7])))
+    return sc, mn
+
+
 def _q4_k_body(row, k, blk, accs, corrs, slot):
     b = row.b
     d, dmin = row.f16(blk), row.f16(b.add(blk, ir.Constant(_I64, 2)))
     e0 = b.mul(k, ir.Constant(_I64, 256))
-    pairs = [_q4_k_scale_min(row, blk, j) for j in range(8)]
-    # the mins through the sub-block sums of x: sum_l x_l (s n_l - m) = s x.n - m sum x; the 8 products
-    # summed as a tree, so one dependent add per block joins the running correction
-    terms = [b.fmul(b.fmul(dmin, b.uitofp(mn, _F32)),
-                    row.block_sum(b.add(b.mul(k, ir.Constant(_I64, 8)), ir.Constant(_I64, j))))
-             for j, (_, mn) in enumerate(pairs)]
-    while len(terms) > 1:
-        terms = [b.fadd(terms[i], terms[i + 1]) for i in range(0, len(terms), 2)]
-    corrs = _with(corrs, slot, b.fadd(corrs[slot], terms[0]))
+    sc, mn = _q4_k_scales_mins(row, blk)
+    f8 = _vec(_F32, 8)
+    scales = b.fmul(_splat(b, d, 8), b.uitofp(sc, f8))                    # d * sc_j, float32 as the spec
+    mins = b.fmul(_splat(b, dmin, 8), b.uitofp(mn, f8))                   # dmin * m_j
+    # the mins through the sub-block sums of x: sum_l x_l (s n_l - m) = s x.n - m sum x
+    xsum = b.load(b.bitcast(b.gep(row.xsum, [b.mul(k, ir.Constant(_I64, 8))]), f8.as_pointer()), align=4)
+    corrs = _with(corrs, slot, b.fadd(corrs[slot], row.hsum(b.fmul(mins, xsum))))
     for i in range(4):  # 32 bytes: low nibbles = sub-block 2i, high = 2i + 1; accumulator i
-        s_lo = _splat(b, b.fmul(d, b.uitofp(pairs[2 * i][0], _F32)))
-        s_hi = _splat(b, b.fmul(d, b.uitofp(pairs[2 * i + 1][0], _F32)))
+        s_lo = _splat(b, b.extract_element(scales, ir.Constant(_I32, 2 * i)))
+        s_hi = _splat(b, b.extract_element(scales, ir.Constant(_I32, 2 * i + 1)))
         t_lo = t_hi = None  # x . codes of each sub-block, 16 of the 32 bytes at a time, then one scale
         for h in range(2):
             low, high = _nibbles(row, b.add(blk, ir.Constant(_I64, 16 + 32 * i + 16 * h)))
