@@ -124,6 +124,7 @@ def test_mask_shows_the_sliding_window_panel(chat_model2):
     (("generate", "x", "--model", "/nonexistent/m"), "neither an existing file"),
     (("generate", "x", "--top-p", "2", "--model", "{chat}"), "top_p"),
     (("generate", "x", "-n", "-3", "--model", "{chat}"), "max_new_tokens"),
+    (("generate", "x", "-n", "100000000", "--model", "{chat}"), "lower max_new_tokens to at most"),
     (("mask", "{chat}", "x", "--no-color"), None),
 ])
 def test_generate_errors_one_line(chat_model, args, message):
@@ -186,3 +187,11 @@ def test_mask_inspect_and_explain_take_model_as_a_flag_or_an_argument(chat_model
     assert r.stdout.splitlines()[0].endswith("float32")  # the header names the dtype the model ran in
     r = _run("explain", "--model", str(DATA / "parity" / "gqa"), "--ids", "5 17 33", "--layers", "0")
     assert r.returncode == 0 and r.stdout.splitlines()[0].endswith("float64"), r.stderr  # explain's default
+
+
+def test_generate_a_hundred_million_tokens_is_one_line_and_no_output():
+    """Was a raw ArrayMemoryError traceback (a 23.8 GiB cache allocation) on the demo model."""
+    r = _run("generate", "x", "-n", "100000000")
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "max_new_tokens=100000000" in r.stderr and "GiB" in r.stderr and "at most" in r.stderr
