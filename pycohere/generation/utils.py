@@ -117,7 +117,10 @@ class GenerationMixin:
         Settings not given come from ``generation_config`` (default: ``self.generation_config``).
         Sampling (``do_sample=True``) draws from ``rng`` or ``np.random.default_rng(seed)``.
         ``cache_implementation="static"`` preallocates the cache once for prompt + max_new_tokens
-        (or ``max_cache_len``); ``past_key_values`` continues from a cache holding a prefix of input_ids.
+        (or ``max_cache_len``); the default dynamic cache starts empty and doubles as tokens come (a given
+        ``max_cache_len`` is its first size). A run that could not fit in memory at max_new_tokens is a
+        GenerationConfigError before anything is allocated. ``past_key_values`` continues from a cache
+        holding a prefix of input_ids.
         ``stop_strings`` needs ``tokenizer``. ``logits_processor``: extra callables
         ``(ids, scores) -> scores`` applied after the built-in processors, before the sampling warpers.
         """
