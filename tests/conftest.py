@@ -40,7 +40,7 @@ def assert_passes_without_jit(test_file) -> None:
 # @pytest.mark.ci_may_skip("why"); there are none today. The one place skips are expected is the nested
 # plain-Python run of the kernel tests (assert_passes_without_jit, NUMBA_DISABLE_JIT=1), whose
 # model-level tests are skipped on purpose; the outer test checks that run's outcome itself.
-STRICT_SKIPS = os.environ.get("CI", "").lower() == "true" and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0")
+STRICT_SKIPS = os.environ.get("CI", "").lower() in ("true", "1") and os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0")
 
 
 def pytest_configure(config):
