@@ -124,6 +124,7 @@ def test_mask_shows_the_sliding_window_panel(chat_model2):
     (("generate", "x", "--model", "/nonexistent/m"), "neither an existing file"),
     (("generate", "x", "--top-p", "2", "--model", "{chat}"), "top_p"),
     (("generate", "x", "-n", "-3", "--model", "{chat}"), "max_new_tokens"),
+    (("generate", "x", "-n", "100000000", "--model", "{chat}"), "lower max_new_tokens to at most"),
     (("mask", "{chat}", "x", "--no-color"), None),
 ])
 def test_generate_errors_one_line(chat_model, args, message):
@@ -133,3 +134,64 @@ def test_generate_errors_one_line(chat_model, args, message):
         return
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+# --- the same model flags on every command (README "Command line") ------------------------------
+def _subparser(*names):
+    from pycohere.cli.main import build_parser
+    p = build_parser()
+    for name in names:
+        p = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
+    return p
+
+
+def _flags(*names):
+    return {s for a in _subparser(*names)._actions for s in a.option_strings}
+
+
+RUNS_A_MODEL = [("generate",), ("chat",), ("serve",), ("explain",), ("golden", "check")]
+READS_A_CHECKPOINT = RUNS_A_MODEL + [("inspect",), ("mask",), ("golden", "make")]
+
+
+def test_the_readme_lists_the_commands_that_take_the_model_flags():
+    import re
+    text = (ROOT / "README.md").read_text()
+    sentence = re.search(r"Every command that runs a model \((.*?)\) takes", text, re.S).group(1)
+    assert sorted(re.findall(r"`([a-z ]+)`", sentence)) == sorted(" ".join(c) for c in RUNS_A_MODEL)
+
+
+@pytest.mark.parametrize("command", READS_A_CHECKPOINT, ids=" ".join)
+def test_every_command_that_reads_a_checkpoint_takes_the_model_flags(command):
+    flags = _flags(*command)
+    assert {"--model", "-m"} <= flags
+    if command in RUNS_A_MODEL:
+        assert {"--dtype", "--backend"} <= flags
+        p = _subparser(*command)
+        dtype = next(a for a in p._actions if "--dtype" in a.option_strings)
+        backend = next(a for a in p._actions if "--backend" in a.option_strings)
+        assert set(dtype.choices) == {"float32", "float64"} and set(backend.choices) == {"auto", "numba", "numpy"}
+
+
+def test_mask_inspect_and_explain_take_model_as_a_flag_or_an_argument(chat_model2):
+    by_flag = _run("mask", "--model", str(chat_model2), "Hello world, hi", "--no-color")
+    by_arg = _run("mask", str(chat_model2), "Hello world, hi", "--no-color")
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout == by_arg.stdout and "sliding window 3" in by_flag.stdout
+    r = _run("inspect", "--model", str(DATA / "parity" / "cohere2_pattern4x"))
+    assert r.returncode == 0 and "model_type cohere2" in r.stdout, r.stderr
+    both = _run("inspect", str(DATA / "parity" / "gqa"), "--model", str(DATA / "parity" / "mqa"))
+    assert both.returncode == 2 and "two checkpoints given" in both.stderr
+    r = _run("explain", "--model", str(DATA / "parity" / "gqa"), "--ids", "5 17 33", "--dtype", "float32",
+             "--backend", "numpy", "--layers", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].endswith("float32")  # the header names the dtype the model ran in
+    r = _run("explain", "--model", str(DATA / "parity" / "gqa"), "--ids", "5 17 33", "--layers", "0")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].endswith("float64"), r.stderr  # explain's default
+
+
+def test_generate_a_hundred_million_tokens_is_one_line_and_no_output():
+    """Was a raw ArrayMemoryError traceback (a 23.8 GiB cache allocation) on the demo model."""
+    r = _run("generate", "x", "-n", "100000000")
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "max_new_tokens=100000000" in r.stderr and "GiB" in r.stderr and "at most" in r.stderr

@@ -517,3 +517,53 @@ def test_pipeline_errors(text_model, tok, cohere):
     from pycohere.errors import CheckpointNotFoundError
     with pytest.raises(CheckpointNotFoundError, match="tokenizer.json"):
         pipeline("text-generation", model=cohere)
+
+
+# --- allocations sized by max_new_tokens are checked first; the dynamic cache grows (issue 13) ----------
+def _kv_bytes_per_token(model, batch):
+    c = model.config
+    full = sum(w is None for w in pycohere.spec.cache.layer_windows(c))
+    return 2 * batch * c.num_key_value_heads * c.get_head_dim() * model.dtype.itemsize * full
+
+
+def test_a_max_new_tokens_beyond_memory_is_refused_before_allocating(cohere, monkeypatch):
+    import pycohere.generation.utils as U
+    B, T = PROMPTS.shape
+    per_token = _kv_bytes_per_token(cohere, B) + 9 * B  # the cache's full layers and the token/mask buffers
+    ram = (T + 40) * per_token + per_token // 2          # room for 40 new tokens, not 41
+    monkeypatch.setattr(U, "physical_memory", lambda: ram)
+    with pytest.raises(GenerationConfigError, match=r"max_new_tokens=41 .* more than this machine's .* lower "
+                                                    r"max_new_tokens to at most 40 or generate fewer sequences"):
+        cohere.generate(PROMPTS, max_new_tokens=41, eos_token_id=[])
+    assert cohere.generate(PROMPTS, max_new_tokens=40, eos_token_id=[]).shape == (B, T + 40)
+    # output_scores keeps a float32 row of V per step and sequence: counted too
+    with pytest.raises(GenerationConfigError, match="scores"):
+        cohere.generate(PROMPTS, max_new_tokens=40, eos_token_id=[], output_scores=True,
+                        return_dict_in_generate=True)
+
+
+def test_the_real_machine_refuses_a_hundred_million_tokens(cohere):
+    with pytest.raises(GenerationConfigError, match=r"max_new_tokens=100000000 \(prompt 5, batch 2\) would need "
+                                                    r"[\d.]+ GiB .* lower max_new_tokens to at most \d+"):
+        cohere.generate(PROMPTS, max_new_tokens=100_000_000)
+
+
+def test_the_dynamic_cache_grows_instead_of_preallocating_max_new_tokens(cohere):
+    """A 10000-token limit and an eos at the third token: the cache holds a few slots, not 10005."""
+    greedy = cohere.generate(PROMPTS[:1], max_new_tokens=3, eos_token_id=[])[0, PROMPTS.shape[1]:]
+    stop = int(greedy[-1])
+    out = cohere.generate(PROMPTS[:1], max_new_tokens=10_000, eos_token_id=[stop], return_dict_in_generate=True)
+    until = greedy[:list(greedy).index(stop) + 1]  # the run ends at the first appearance of the eos
+    np.testing.assert_array_equal(out.sequences[0, PROMPTS.shape[1]:], until)
+    cap = max(layer.k.shape[1] for layer in out.past_key_values.layers)
+    assert cap <= 32, cap  # grown by doubling from 16, never sized by max_new_tokens
+    # and it grows past its first buffer when the run is long: same tokens as a run with a static cache
+    dyn = cohere.generate(PROMPTS, max_new_tokens=40, eos_token_id=[])
+    static = cohere.generate(PROMPTS, max_new_tokens=40, eos_token_id=[], cache_implementation="static")
+    np.testing.assert_array_equal(dyn, static)
+
+
+def test_a_static_cache_beyond_memory_is_refused_before_allocating(cohere):
+    cache = KVCache.for_model(cohere.config, max_cache_len=10 ** 12, static=True)
+    with pytest.raises(CacheError, match=r"a cache of 1000000000000 tokens needs [\d.]+ GiB .* lower max_cache_len"):
+        cohere(PROMPTS, past_key_values=cache, use_cache=True)

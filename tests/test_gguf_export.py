@@ -545,7 +545,6 @@ def _logits(model, ids):
 
 @pytest.mark.parametrize("ftype", ["f32", "q8_0", "q4_0"])
 def test_round_trip_pycohere_gguf_pycohere(models, ftype, tmp_path):
-    pytest.importorskip("pycohere.checkpoints.gguf", reason="the GGUF loader is not in this tree yet")
     from pycohere.quant import QuantizedWeight, quantize
     src = models["cohere2"]
     out = convert_to_gguf(src, tmp_path / "m.gguf", type=ftype)
@@ -569,7 +568,6 @@ def test_round_trip_pycohere_gguf_pycohere(models, ftype, tmp_path):
 
 
 def test_round_trip_of_the_demo_model_and_gguf_sources(models, tmp_path):
-    pytest.importorskip("pycohere.checkpoints.gguf", reason="the GGUF loader is not in this tree yet")
     demo = models["demo"]
     out = convert_quietly(demo, tmp_path / "demo.gguf", "bf16")  # bf16 weights copied exactly
     ids = np.array([[5, 300, 1200, 17, 4000, 9]])
@@ -599,7 +597,6 @@ def test_a_float_gguf_source_is_streamed_with_pread(models, tmp_path, monkeypatc
     """BF16 GGUF -> Q8_0 gives the bytes of BF16 safetensors -> Q8_0 (the same stored values), and the
     float rows come from GGUFSource.float_rows (os.pread), not from the memory map through
     Weight.rows: streaming a 200 GB file must not leave every page in the process's resident set."""
-    pytest.importorskip("pycohere.checkpoints.gguf", reason="the GGUF loader is not in this tree yet")
     from pycohere.spec import weights as T
     demo = models["demo"]
     bf16 = convert_quietly(demo, tmp_path / "bf16.gguf", "bf16")

@@ -103,7 +103,15 @@ def test_nan_scores_propagate_like_the_spec():
         assert np.isnan(ref).all()  # key 0 is visible to every query
 
 
-def test_threading_layer_is_workqueue_unless_the_user_chose():
+def test_threading_layer_is_tbb_then_workqueue_unless_the_user_chose():
+    """kernels/jit.py: Numba's tbb layer first, workqueue as the fallback, never omp by default; a user's
+    NUMBA_THREADING_LAYER wins."""
     import numba
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        assert numba.config.THREADING_LAYER == "workqueue"
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        assert numba.config.THREADING_LAYER == os.environ["NUMBA_THREADING_LAYER"]
+        return
+    assert numba.config.THREADING_LAYER == "default"
+    assert numba.config.THREADING_LAYER_PRIORITY[:2] == ["tbb", "workqueue"]
+    if not numba.config.DISABLE_JIT:  # a parallel region launched: the layer that loaded is one of those two
+        K.widen_bf16(np.zeros((2, 3), np.uint16))
+        assert numba.threading_layer() in ("tbb", "workqueue")

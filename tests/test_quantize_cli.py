@@ -218,3 +218,14 @@ def test_write_errors_and_interrupts_through_the_api(models, tmp_path, monkeypat
     with pytest.raises(QuantizationError, match="could not write the quantized checkpoint"):
         pycohere.quantize_checkpoint(src, blocker / "q", "int8")  # the parent is a file
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.parametrize("command", [["quantize", "{src}", "/proc/nope", "--scheme", "int8", "-q"],
+                                     ["convert", "{src}", "/proc/sub/nope.gguf", "--type", "q8_0", "-q"]],
+                         ids=["quantize", "convert"])
+def test_an_unwritable_destination_is_named_as_such_not_as_a_full_disk(models, command, capsys):
+    """/proc takes no files, and shutil.disk_usage says it has 0 bytes free: the message used to be
+    "needs 0.00 GiB but /proc has 0.00 GiB free"."""
+    err = run_error([a.replace("{src}", str(models["cohere"])) for a in command], capsys)
+    assert "/proc does not accept new files (a virtual file system that holds no files)" in err, err
+    assert "free" not in err and "full" not in err and "choose a destination in a writable folder" in err

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..demo import DEMO_MODEL
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, InputError
 
 
 def human(n: float) -> str:
@@ -42,10 +42,39 @@ def sampling_kwargs(args) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+DTYPES = ("float32", "float64")
+BACKENDS = ("auto", "numba", "numpy")
+
+
+def add_model_option(p, positional: bool = False, required: bool = False) -> None:
+    """``--model/-m`` of every command that reads a checkpoint (one spelling everywhere). ``positional``:
+    the checkpoint may also be given as the first argument (``pycohere inspect PATH``); ``model_path``
+    resolves the two."""
+    what = "checkpoint folder, .gguf file or hub repo id"
+    p.add_argument("--model", "-m", default=None, required=required,
+                   help=what if required else f"{what} (default: the bundled demo model)")
+    if positional:
+        p.add_argument("checkpoint", nargs="?", default=None, metavar="MODEL", help=f"the same as --model")
+
+
+def add_compute_options(p, dtype: str = "float32", backend: str = "auto") -> None:
+    """``--dtype`` and ``--backend`` of every command that runs a model (from_pretrained's options)."""
+    p.add_argument("--dtype", default=dtype, choices=DTYPES, help=f"compute dtype (default {dtype})")
+    p.add_argument("--backend", default=backend, choices=BACKENDS,
+                   help=f"numpy: the readable spec; numba: compiled twins (default {backend})")
+
+
+def model_path(args):
+    """The checkpoint of ``--model`` or the positional MODEL (not both), else the bundled demo model."""
+    given = [v for v in (getattr(args, "checkpoint", None), args.model) if v is not None]
+    if len(given) == 2 and given[0] != given[1]:
+        raise InputError(f"two checkpoints given ({given[0]!r} and --model {given[1]!r}); give one")
+    return given[0] if given else demo_model_path()
+
+
 def add_model_args(p, sampling=True):
-    p.add_argument("--model", "-m", default=None, help="checkpoint folder, .gguf file or hub repo id (default: the bundled demo model)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
+    add_model_option(p)
+    add_compute_options(p)
     p.add_argument("--activations", default="float32", choices=["float32", "llama.cpp"],
                    help="llama.cpp: round each matmul's input as llama.cpp does (reproduces its numbers on GGUF)")
     if sampling:

@@ -11,6 +11,7 @@ from ..introspect.explain import explain
 from ..introspect.report import write_report
 from ..model import AutoModelForCausalLM
 from ..text.tokenizer import CohereTokenizer
+from .common import add_compute_options, add_model_option, model_path
 from .runner import run_commands
 
 
@@ -40,9 +41,10 @@ def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
 
 
 def cmd_explain(args) -> int:
+    args.model = model_path(args)
     found = probe(args.model)
     model_dir = found.path
-    model = AutoModelForCausalLM.from_pretrained(found, dtype=args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(found, dtype=args.dtype, backend=args.backend)
     tok = None
     if (Path(model_dir) / "tokenizer.json").is_file():
         tok = CohereTokenizer.from_pretrained(model_dir)
@@ -73,12 +75,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("explain", help="walk one token through the network, op by op, with the COHERE differences",
                               description="Walk the last token of a prompt through the network: every operation "
                               "with its shape and summary statistics, and the places Cohere differs from Llama.")
-    p.add_argument("model", help="checkpoint folder or hub repo id")
+    add_model_option(p, positional=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="text (needs the model's tokenizer.json)")
     src.add_argument("--ids", help='token ids, e.g. "5 17 33"')
     p.add_argument("--layers", help="layers to show, e.g. '0,1' or '0-3,-1' (default: all)")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    add_compute_options(p, dtype="float64", backend="auto")
     p.add_argument("--top-k", type=int, default=5, help="next-token candidates to list")
     p.add_argument("--full", action="store_true", help="one line per tensor (k, v, k_normed, ... with full statistics)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (tokens, logit lens, attention "

@@ -15,12 +15,15 @@ from .common import add_model_args, load_model_and_tokenizer, sampling_kwargs
 class _CountingStreamer:
     """Wraps a TextStreamer: also counts the generated tokens and times the first one."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, echo: str | None = None):
         self.inner, self.n, self.first, self.t0 = inner, None, None, time.perf_counter()
+        self.echo = echo
 
     def put(self, value):
         if self.n is None:  # the first put is the prompt (transformers' streamer protocol)
             self.n = 0
+            if self.echo is not None:  # printed only now: generate() has checked its arguments
+                print(self.echo, end="", flush=True)
         else:
             self.n += int(np.asarray(value).size)
             if self.first is None:
@@ -84,9 +87,8 @@ def cmd_generate(args, loaded=None) -> int:
                           "tokens_per_second": round(out.size / dt, 2) if dt > 0 else None,
                           "token_ids": out.tolist()}, ensure_ascii=False))
         return 0
-    if not args.chat:
-        print(prompt, end="", flush=True)
-    streamer = _CountingStreamer(TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
+    streamer = _CountingStreamer(TextStreamer(tok, skip_prompt=True, skip_special_tokens=True),
+                                 echo=None if args.chat else prompt)
     model.generate([ids], streamer=streamer, **kw)
     dt = time.perf_counter() - t0
     first = f", first token after {streamer.first:.2f} s" if streamer.first is not None else ""

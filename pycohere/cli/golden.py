@@ -12,6 +12,7 @@ from ..golden.compare import Report, compare_bundles, verify_model
 from ..golden.job import DEFAULT_CHUNK, GoldenJob, TaskStore, tokenize
 from ..golden.make import make_bundle, rerun
 from ..model import AutoModelForCausalLM
+from .common import add_compute_options, add_model_option
 from .runner import run_commands
 
 
@@ -57,7 +58,10 @@ def _load_model(path, dtype: str = "float64", backend: str = "numpy"):
 
 
 def cmd_make(args) -> int:
-    models = args.model if isinstance(args.model, list) else [args.model]
+    given = args.model if isinstance(args.model, list) else [args.model] if args.model else []
+    models = list(getattr(args, "checkpoints", None) or []) + given
+    if not models:
+        raise InputError("golden make needs a checkpoint: pycohere golden make MODEL [MODEL ...] or --model MODEL")
     scheduler, cache = getattr(args, "scheduler", None), getattr(args, "cache", None)
     texts = read_prompts_file(args.prompts) if args.prompts else None
     ids = None if args.prompts else read_ids_file(args.ids)
@@ -146,7 +150,10 @@ def register(subparsers) -> None:
                          description="Run the float64 spec on the prompts and write a golden bundle: OUT itself for "
                          "one checkpoint, OUT/<checkpoint name> for each of several. --scheduler runs the "
                          "(checkpoint, prompt chunk) tasks on Dask, with the same bytes as the serial run.")
-    mk.add_argument("model", nargs="+", help="checkpoint folder(s) or hub repo id(s)")
+    # no --dtype/--backend: a golden bundle is by definition the float64 NumPy specification
+    mk.add_argument("checkpoints", nargs="*", metavar="MODEL", help="checkpoint folder(s) or hub repo id(s)")
+    mk.add_argument("--model", "-m", action="append", default=None, metavar="MODEL",
+                    help="a checkpoint, the same as a MODEL argument (may be repeated)")
     src = mk.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", metavar="FILE", help="text prompts, one a line (needs the model's tokenizer.json)")
     src.add_argument("--ids", metavar="FILE", help="token ids, one prompt a line, space-separated")
@@ -172,9 +179,8 @@ def register(subparsers) -> None:
 
     ck = gsub.add_parser("check", help="re-run pycohere on a bundle's inputs and compare")
     ck.add_argument("bundle")
-    ck.add_argument("--model", required=True, help="checkpoint folder or hub repo id")
-    ck.add_argument("--backend", default="numpy", help="pycohere backend (numpy, numba, auto)")
-    ck.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    add_model_option(ck, required=True)
+    add_compute_options(ck, dtype="float64", backend="numpy")
     ck.add_argument("--allow-model-mismatch", action="store_true",
                     help="compare even if the checkpoint's hashes differ from the bundle's")
     _add_compare_options(ck)

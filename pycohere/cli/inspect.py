@@ -7,18 +7,19 @@ from ..checkpoints.manifest import check_manifest
 from ..checkpoints.probe import probe
 from ..kernels.dispatch import resolve_backend
 from ..model import AutoModelForCausalLM
-from .common import human
+from .common import add_model_option, human, model_path
 
 def cmd_inspect(args) -> int:
     """Config summary, parameter count, tensor table (storage type, bits per weight, block size)
     and memory estimates of a checkpoint: safetensors (float, pycohere-quantized, bitsandbytes,
     GPTQ, AWQ) or GGUF."""
-    found = probe(args.model)
+    path = model_path(args)
+    found = probe(path)
     config = found.config
     source = found.open_weights()  # logical tensor names, quantized or not
-    check_manifest(config, source.shapes, where=str(args.model), problems=source.problems)
+    check_manifest(config, source.shapes, where=str(path), problems=source.problems)
     c = config
-    print(f"{args.model}: model_type {c.model_type}")
+    print(f"{path}: model_type {c.model_type}")
     print(f"  layers {c.num_hidden_layers}, hidden {c.hidden_size}, heads {c.num_attention_heads} "
           f"(kv {c.num_key_value_heads}, head dim {c.get_head_dim()}), ffn {c.intermediate_size} ({c.hidden_act}), "
           f"vocab {c.vocab_size}")
@@ -71,6 +72,8 @@ def cmd_inspect(args) -> int:
 
 def register(sub) -> None:
     ins = sub.add_parser("inspect", help="summarise a checkpoint: config, tensors, memory")
-    ins.add_argument("model", help="checkpoint folder (config.json + safetensors) or .gguf file")
+    # no --dtype/--backend: inspect reads the config and the tensor headers and runs no model (it names the
+    # kernels a load with the default backend would use)
+    add_model_option(ins, positional=True)
     ins.add_argument("--all", action="store_true", help="list every tensor")
     ins.set_defaults(func=cmd_inspect)

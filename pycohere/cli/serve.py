@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..errors import InputError
+from .common import add_compute_options, add_model_option
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -33,15 +34,13 @@ def register(sub) -> None:
                        description="Serve the model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, "
                                    "/v1/models) plus /tokenize, /detokenize, /apply-template, /health, /metrics. "
                                    "Needs: pip install 'pycohere[serve]'.")
-    p.add_argument("--model", "-m", default=None, help="checkpoint folder, .gguf file or hub repo id "
-                                                       "(default: the bundled demo model)")
+    add_model_option(p)
+    add_compute_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set PYCOHERE_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: the folder name; "
                                                              "'pycohere-demo' for the demo model)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503")
     p.add_argument("--prompt-cache", type=int, default=4, help="KV caches of recent conversations kept for reuse "
                                                               "(0: off)")

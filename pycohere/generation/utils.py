@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import AttentionMaskError, CacheError, GenerationConfigError, InputError
-from ..spec.cache import KVCache, layer_windows
+from ..spec.cache import GiB, KVCache, cache_bytes, layer_windows, physical_memory
 from .config import GENERATION_CONFIG_NAME, GenerateDecoderOnlyOutput, GenerationConfig
 from .sampling import build_logits_processors, greedy_from_scores, make_rng, normalize_token_ids, sample_from_scores
 from .stopping import StopStringCriteria
@@ -117,7 +117,10 @@ class GenerationMixin:
         Settings not given come from ``generation_config`` (default: ``self.generation_config``).
         Sampling (``do_sample=True``) draws from ``rng`` or ``np.random.default_rng(seed)``.
         ``cache_implementation="static"`` preallocates the cache once for prompt + max_new_tokens
-        (or ``max_cache_len``); ``past_key_values`` continues from a cache holding a prefix of input_ids.
+        (or ``max_cache_len``); the default dynamic cache starts empty and doubles as tokens come (a given
+        ``max_cache_len`` is its first size). A run that could not fit in memory at max_new_tokens is a
+        GenerationConfigError before anything is allocated. ``past_key_values`` continues from a cache
+        holding a prefix of input_ids.
         ``stop_strings`` needs ``tokenizer``. ``logits_processor``: extra callables
         ``(ids, scores) -> scores`` applied after the built-in processors, before the sampling warpers.
         """
@@ -147,12 +150,46 @@ class GenerationMixin:
         if gc.num_return_sequences > 1:  # transformers _expand_inputs_for_generation: repeat each row
             ids = np.repeat(ids, gc.num_return_sequences, axis=0)
             mask = np.repeat(mask, gc.num_return_sequences, axis=0)
+        self._check_generation_memory(gc, *ids.shape, past_key_values is None)
         stop = StopStringCriteria(tokenizer, gc.stop_strings) if gc.stop_strings is not None else None
         sampler_rng = make_rng(seed, rng)  # checked even for greedy decoding, which draws nothing
         if streamer is not None and not all(callable(getattr(streamer, m, None)) for m in ("put", "end")):
             raise GenerationConfigError("streamer must have put(ids) and end() methods (see pycohere.TextStreamer)")
         return self._generate_loop(ids, mask, gc, eos, pad, stop, sampler_rng, streamer,
                                    past_key_values, max_cache_len, logits_processor)
+
+    def _check_generation_memory(self, gc: GenerationConfig, batch: int, prompt: int, new_cache: bool) -> None:
+        """Raise GenerationConfigError before anything is allocated when a run of max_new_tokens could not fit
+        in this machine's memory at full length: the token and mask buffers (9 bytes a position), the KV
+        cache (which grows as tokens come, so a short answer to a huge limit costs little, but the limit
+        must be one the machine could reach), and output_scores / output_logits (a float32 row of V a step)."""
+        ram = physical_memory()
+        if ram is None:
+            return
+        c = self.config
+        max_new = gc.resolved_max_new_tokens(prompt)
+        itemsize = np.dtype(getattr(self, "dtype", np.float32)).itemsize
+        windows = layer_windows(c)
+        K, Dh = c.num_key_value_heads, c.get_head_dim()
+        per_step = batch * 4 * c.vocab_size * (int(bool(gc.output_scores)) + int(bool(gc.output_logits)))
+
+        def need(n_new: int) -> int:
+            total = prompt + n_new
+            kv = cache_bytes(windows, batch, prompt, total, K, Dh, itemsize) if new_cache else 0
+            return 9 * batch * total + kv + per_step * n_new
+
+        if need(max_new) <= ram:
+            return
+        lo, hi = 0, max_new  # the largest max_new_tokens that fits: need() grows with n
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if need(mid) <= ram else (lo, mid - 1)
+        per_token = need(max_new) - need(max_new - 1) if max_new > 1 else need(1)
+        raise GenerationConfigError(
+            f"max_new_tokens={max_new} (prompt {prompt}, batch {batch}) would need {need(max_new) / GiB:.1f} GiB "
+            f"at full length ({per_token / 1024:.1f} KiB a token: KV cache, token buffers"
+            f"{', scores' if per_step else ''}), more than this machine's {ram / GiB:.1f} GiB of memory; "
+            f"lower max_new_tokens to at most {lo}" + (" or generate fewer sequences at once" if batch > 1 else ""))
 
     def _make_cache(self, gc: GenerationConfig, batch: int, total: int, past_key_values, max_cache_len) -> KVCache:
         if past_key_values is not None:
@@ -167,7 +204,10 @@ class GenerationMixin:
             static = gc.cache_implementation == "static"
             if max_cache_len is not None and (not isinstance(max_cache_len, (int, np.integer)) or max_cache_len < 1):
                 raise GenerationConfigError(f"max_cache_len must be a positive integer, got {max_cache_len!r}")
-            cache = KVCache.for_model(self.config, max_cache_len=max_cache_len or total, static=static)
+            # a static cache is sized once for the whole run; a dynamic one starts empty and doubles as tokens
+            # come (amortised O(1) a token), so a large max_new_tokens with an early eos costs nothing
+            cache = KVCache.for_model(self.config, max_cache_len=(max_cache_len or total) if static else max_cache_len,
+                                      static=static)
         if cache.static and cache.max_cache_len < total:
             raise CacheError(f"the static cache holds {cache.max_cache_len} tokens but the prompt plus max_new_tokens "
                              f"needs {total}; raise max_cache_len or lower max_new_tokens")

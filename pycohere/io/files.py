@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 _REASONS = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was reached (disk quota or ulimit -f)",
@@ -22,10 +23,29 @@ def os_error_message(e: OSError, dst: Path, what: str) -> str:
             f"removed); free space or choose another destination")
 
 
+def check_writable(folder: Path, dst: Path, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` unless a file can be created in folder (an existing folder). Tried for real with a
+    temporary file, which is gone at once: permission bits do not tell (root passes them; /proc and
+    read-only mounts still refuse)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        # an existing folder that answers "no such file" to a create is a virtual file system (/proc, /sys)
+        reason = ("a virtual file system that holds no files" if e.errno in (errno.ENOENT, errno.EOPNOTSUPP)
+                  else _REASONS.get(e.errno, e.strerror or str(e)))
+        raise error(f"could not write {what} {dst}: {folder} does not accept new files ({reason}); nothing was "
+                    "written; choose a destination in a writable folder") from None
+
+
 def check_free_space(dst: Path, needed: int, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` if the destination's folder is not writable or has less than ``needed`` bytes free."""
     probe = dst.parent
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise error(f"could not write {what} {dst}: {probe} is a file, not a folder; nothing was written; "
+                    "choose another destination")
+    check_writable(probe, dst, what, error)  # before the space: a read-only or virtual file system has none
     free = shutil.disk_usage(probe).free
     if needed > free:
         raise error(f"{what} needs {needed / 2**30:.2f} GiB but {probe} has {free / 2**30:.2f} GiB free; "

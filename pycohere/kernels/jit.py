@@ -6,14 +6,68 @@ costs ~5 us to launch with tbb and ~100 us with workqueue, and a decode step run
 demo model that is 0.56 against 2.3 ms per token; streaming a bf16 matrix reaches ~40 against ~22 GB/s
 (BENCHMARKS.md, "threading layer"). The thread count follows the cores. A user's
 ``NUMBA_THREADING_LAYER`` wins.
+
+Cache: the compiled kernels (``cache=True``) go to a user cache folder, ``$XDG_CACHE_HOME/pycohere/numba``
+or ``~/.cache/pycohere/numba``, never into the installed package. Numba's default is the package's own
+``__pycache__``: pip does not know those files, so replacing a regular install by an editable one left
+``site-packages/pycohere/`` behind as an empty namespace package that shadowed the new install (issue 13),
+and a read-only install (system site-packages, a container image) cannot be written at all. A user's
+``NUMBA_CACHE_DIR`` wins; if the folder cannot be written, a per-user folder in the temp dir is used.
+Inside it, one sub-folder per digest of this package's kernel sources (``kernels_digest``): Numba checks a
+cached function against its own file's timestamp only, so an edit of an inlined helper in another module
+(``rows.py``, ``vrows.py``) would otherwise keep serving the old machine code.
 """
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in folder (made if missing): numba's own check (caching.py)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def kernels_digest(folder: Path | None = None) -> str:
+    """A short digest of every source file of ``pycohere.kernels`` (what a cached kernel may inline)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted((folder or Path(__file__).parent).glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def user_cache_dir(environ=os.environ) -> Path | None:
+    """The folder for Numba's cache files: $XDG_CACHE_HOME/pycohere/numba (an absolute XDG_CACHE_HOME,
+    as the XDG base-directory spec requires), else ~/.cache/pycohere/numba, else a per-user folder in the
+    temp dir when those cannot be written; None if nothing can (numba then uses its own fallbacks)."""
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
+    uid = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+    for folder in (base / "pycohere" / "numba", Path(tempfile.gettempdir()) / f"pycohere-numba-{uid}"):
+        if _writable(folder):
+            return folder
+    return None
+
+
 import numba  # noqa: E402
+
+if not os.environ.get("NUMBA_CACHE_DIR"):  # the user's choice wins
+    # numba picks a function's cache folder when it is decorated, so this comes before the first
+    # @njit(cache=True) (below, and in every kernel module, which all import this one). Set in the config
+    # like the threading layer: numba re-reads its environment only when a NUMBA_* variable changes.
+    _cache = user_cache_dir()
+    if _cache is not None:
+        numba.config.CACHE_DIR = str(_cache / kernels_digest())
 from numba import njit, prange  # noqa: E402,F401  (re-exported: every kernel module takes them from here)
 
 if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins; numba may be imported already

@@ -11,9 +11,31 @@ kinds therefore have different lengths, which is why lengths are per layer here.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..errors import CacheError
+
+GiB = 2 ** 30
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not tell): the bound every allocation sized
+    by user input is checked against before it is made."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cache_bytes(windows: list[int | None], batch: int, prompt: int, tokens: int, kv_heads: int, head_dim: int,
+                itemsize: int) -> int:
+    """Upper bound of the keys and values a dynamic cache holds once ``tokens`` (prompt included) went
+    through it: a full layer keeps them all; a sliding layer's buffer holds the prompt once, then compacts
+    to its window, so it never exceeds prompt + 2 x window."""
+    per_token = 2 * batch * kv_heads * head_dim * itemsize          # K and V of one token in one layer
+    return sum(per_token * (tokens if w is None else min(tokens, prompt + 2 * w)) for w in windows)
 
 
 class LayerCache:
@@ -54,6 +76,12 @@ class LayerCache:
         dtype = np.dtype(dtype)
         if self.k is None:
             cap = max(self.capacity, T) if self.static else max(self.capacity, T, 16)
+            need_bytes, ram = 2 * B * cap * K * Dh * dtype.itemsize, physical_memory()
+            if ram is not None and need_bytes > ram:  # a max_cache_len from the user, checked before np.empty
+                raise CacheError(f"a cache of {cap} tokens needs {need_bytes / GiB:.1f} GiB for this layer's keys "
+                                 f"and values (batch {B}, {K} kv heads of {Dh}), more than this machine's "
+                                 f"{ram / GiB:.1f} GiB of memory; lower max_cache_len (or leave it out: a dynamic "
+                                 "cache grows as tokens come)")
             self.k = np.empty((B, cap, K, Dh), dtype=dtype)
             self.v = np.empty((B, cap, K, Dh), dtype=dtype)
         elif self.k.shape[0] != B or self.k.shape[2:] != (K, Dh) or self.k.dtype != dtype:
