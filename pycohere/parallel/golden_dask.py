@@ -33,6 +33,13 @@ class DaskExecutor:
         return self._as_completed(futures)
 
 
+def blas_threads() -> dict:
+    """The BLAS thread settings of this process, for workers that must compute its bytes: the variables
+    as set here, else the core count (OpenBLAS's and MKL's default)."""
+    n = str(os.cpu_count() or 1)
+    return {k: os.environ.get(k, n) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 @contextlib.contextmanager
 def dask_executor(scheduler: str, workers: int | None = None):
     """A ``DaskExecutor`` for ``scheduler`` ("local" or a scheduler address), closed on exit."""
@@ -44,9 +51,15 @@ def dask_executor(scheduler: str, workers: int | None = None):
     cluster = None
     if scheduler == "local":
         n = workers or os.cpu_count() or 1
-        # One thread per worker process: the float64 spec is NumPy, and the processes are the parallelism.
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"})
+        # One task thread per worker process: the processes are the parallelism. BLAS keeps this process's
+        # thread count: Dask's nanny sets OMP/MKL/OPENBLAS_NUM_THREADS=1 for its workers by default
+        # (distributed.nanny.pre-spawn-environ), and OpenBLAS's float64 sums then split differently from
+        # a serial run's, so the bundles were not byte-identical to `golden make` without --scheduler.
+        # (set before the worker process starts: BLAS reads them when NumPy loads it, before `env` applies)
+        import dask
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in blas_threads().items()}):
+            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"})
         target = cluster
     elif "://" in scheduler:
         target = scheduler
