@@ -221,17 +221,19 @@ def rope_row(v, cos, sin):
         v[2 * i + 1] = b * cos[i] + a * sin[i]
 
 
-@njit(cache=True, inline="always")
-def run_plan(y, plan, kinds, xa, xae, xao, xb, xbe, xbo, b_matrix, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
+# compiled once and called by decode_layer and decode_head: inlined in three places, its switch over the
+# kinds tripled the first-run compile time
+@njit(cache=True, parallel=True, fastmath=FAST)
+def run_plan(y, plan, kinds, xa, xae, xao, xb, xbe, xbo, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
              f16, scratch):
-    """One parallel pass over the jobs of ``plan`` (n_jobs, 4): job (m, o0, n, col) writes rows o0..o0+n of
-    matrix m times its input (xa, or xb for matrix ``b_matrix``) into columns col..col+n of y. The jobs
+    """One parallel pass over the jobs of ``plan`` (n_jobs, 5): job (m, o0, n, col, src) writes rows o0..o0+n
+    of matrix m times its input (xa if src is 0, else xb) into columns col..col+n of y. The jobs
     cost the same number of weight bytes (``job_plan``), so the static split of the loop over the threads
     is balanced even when matrices of different widths share a pass."""
     for job in prange(plan.shape[0]):
         m, o0, n, col = plan[job, 0], plan[job, 1], plan[job, 2], plan[job, 3]
         sc = scratch[get_thread_id()]
-        if m == b_matrix:
+        if plan[job, 4]:
             x, xe, xo = xb, xbe, xbo
         else:
             x, xe, xo = xa, xae, xao
@@ -270,7 +272,7 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     split_even_odd(h, he, ho)
     for m in (0, 1, 2, 4, 5):
         group_sums(h, xsums[m], groups[m])
-    run_plan(y1, plan1, kinds, h, he, ho, h, he, ho, -1, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(y1, plan1, kinds, h, he, ho, h, he, ho, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
     # --- serially: k/v biases, k-norm, RoPE on k, the cache append (K * Dh values per sequence)
     for b in range(B):
         for kh in range(K):
@@ -356,7 +358,7 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     group_sums(ctx, xsums[3], groups[3])
     split_even_odd(act, ae, ao)
     group_sums(act, xsums[6], groups[6])
-    run_plan(ya, plan3, kinds, ctx, ce, co, act, ae, ao, 6, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(ya, plan3, kinds, ctx, ce, co, act, ae, ao, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
     # the parallel residual: out = x + attn + mlp
     for b in range(B):
         for r in range(D):
@@ -376,13 +378,14 @@ def scratch_rows(D: int, H: int, Dh: int, F: int) -> int:
 
 
 def job_plan(matrices) -> np.ndarray:
-    """The jobs of one parallel pass: ``matrices`` lists (m, rows, bytes per row, first output column) ->
-    (n_jobs, 4) int64 rows (m, o0, n, col) of about ``JOB_BYTES`` weight bytes each (``run_plan``)."""
+    """The jobs of one parallel pass: ``matrices`` lists (m, rows, bytes per row, first output column, input:
+    0 or 1) -> (n_jobs, 5) int64 rows (m, o0, n, col, input) of about ``JOB_BYTES`` weight bytes each
+    (``run_plan``; the input is data, not an argument, so that every pass shares one compiled run_plan)."""
     jobs = []
-    for m, rows, row_bytes, col in matrices:
+    for m, rows, row_bytes, col, src in matrices:
         step = max(1, JOB_BYTES // max(1, row_bytes))
-        jobs += [(m, o0, min(step, rows - o0), col + o0) for o0 in range(0, rows, step)]
-    return np.array(jobs, dtype=np.int64).reshape(-1, 4)
+        jobs += [(m, o0, min(step, rows - o0), col + o0, src) for o0 in range(0, rows, step)]
+    return np.array(jobs, dtype=np.int64).reshape(-1, 5)
 
 
 def row_bytes(arrays: tuple) -> int:
@@ -391,7 +394,7 @@ def row_bytes(arrays: tuple) -> int:
     return sum(a.nbytes // rows for a in arrays[1:7] if a.shape[0] == rows and a.size > 1)
 
 
-@njit(cache=True, parallel=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST)  # (its parallel pass is run_plan's)
 def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, logit_scale, h, he,
                 ho, logits, scratch, plan, rounds):
     """The final LayerNorm and the head (matrix 0 of the 1-tuples) times logit_scale: x (B, D) -> logits
@@ -402,7 +405,7 @@ def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16
     round_rows(h, rounds[0])
     split_even_odd(h, he, ho)
     group_sums(h, xsums[0], groups[0])
-    run_plan(logits, plan, kinds, h, he, ho, h, he, ho, -1, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(logits, plan, kinds, h, he, ho, h, he, ho, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
     for b in range(B):
         for o in range(logits.shape[1]):
             logits[b, o] *= logit_scale
@@ -494,7 +497,11 @@ class DecodeEngine:
         head = matrix_arrays(params.lm_head)
         if head is None:
             return None
-        packed_head = cls._pack([head], (dims.D,), None)
+        # the head as matrix 0 of seven (placeholders after it): the same tuple types as a layer's, so one
+        # compiled run_plan serves both
+        none = (F32, *(_PLACEHOLDERS[dt] for dt in (np.uint16, np.float32, np.uint8, np.int8)),
+                _PLACEHOLDERS[np.float32], _PLACEHOLDERS[np.float32], None)
+        packed_head = cls._pack([head] + [none] * (N_MATRICES - 1), (dims.D,) + (1,) * (N_MATRICES - 1), None)
         packed_head["rounds"] = np.array([input_rounding(params.lm_head)], np.int64)
         return cls(layers, packed_head, params, dims)
 
@@ -507,7 +514,7 @@ class DecodeEngine:
         kinds: dict[str, int] = {}
         rounds: set[str] = set()
         for packed in [*self.layers, self.head]:
-            for k in packed["kinds"]:
+            for k in (packed["kinds"] if packed is not self.head else packed["kinds"][:1]):
                 kinds[KIND_NAMES[k]] = kinds.get(KIND_NAMES[k], 0) + 1
             rounds |= {str(names[int(r)]) for r in packed["rounds"] if r != NO_ROUNDING}
         vector = [k for k in kinds if k in VECTOR_IR_KINDS]
@@ -538,11 +545,11 @@ class DecodeEngine:
         rows = [max(a.shape[0] for a in m[1:7]) for m in mats]
         sizes = [row_bytes(m) for m in mats]
         if p is None:  # the head
-            packed["plan"] = job_plan([(0, rows[0], sizes[0], 0)])
+            packed["plan"] = job_plan([(0, rows[0], sizes[0], 0, 0)])
         else:  # region 1: q, k, v, gate, up side by side in y1; region 3: o, down in ya
             cols = np.cumsum([0] + [rows[m] for m in (0, 1, 2, 4)])
-            packed["plan1"] = job_plan([(m, rows[m], sizes[m], c) for m, c in zip((0, 1, 2, 4, 5), cols)])
-            packed["plan3"] = job_plan([(3, rows[3], sizes[3], 0), (6, rows[6], sizes[6], rows[3])])
+            packed["plan1"] = job_plan([(m, rows[m], sizes[m], c, 0) for m, c in zip((0, 1, 2, 4, 5), cols)])
+            packed["plan3"] = job_plan([(3, rows[3], sizes[3], 0, 0), (6, rows[6], sizes[6], rows[3], 1)])
         if p is not None:
             one = np.zeros(1, np.float32)
             has_bias = p.q_bias is not None
