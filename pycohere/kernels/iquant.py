@@ -346,6 +346,67 @@ if AVAILABLE:
     _ROUNDED = {"iq4_nl": gemv_iq4_nl_q8, "iq4_xs": gemv_iq4_xs_q8}
 
 
+# --- the fused decode step's block functions (pycohere.kernels.decode, kinds IQ4_NL / IQ4_XS) ----------------
+# Same signature as decode.py's block_<kind>: rows o0..o0+n of the matrix (wu8: its blocks) times x into
+# columns col0.. of y. ``lo`` / ``hi`` are the matrix's 256-entry byte tables of KVALUES (decode.matrix_arrays
+# passes KVALUES as the code book): lo[v] = kvalues[v & 15], hi[v] = kvalues[v >> 4], used by the plain
+# loops on hosts without the IR kernels.
+if AVAILABLE:
+    @njit(cache=True)
+    def block_iq4_nl(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                     mins, we, wo):
+        for i in range(n):
+            for r in range(x.shape[0]):
+                y[r, col0 + i] = _dot_nl(wu8, o0 + i, x, r)
+
+    @njit(cache=True)
+    def block_iq4_xs(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                     mins, we, wo):
+        for i in range(n):
+            for r in range(x.shape[0]):
+                y[r, col0 + i] = _dot_xs(wu8, o0 + i, x, r)
+else:
+    @njit(cache=True)
+    def block_iq4_nl(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                     mins, we, wo):
+        nb = x.shape[1] // 32
+        for i in range(n):
+            o = o0 + i
+            for r in range(x.shape[0]):
+                acc = np.float32(0.0)
+                for k in range(nb):
+                    b = k * IQ4_NL_BYTES
+                    t = np.float32(0.0)
+                    for j in range(16):
+                        v = wu8[o, b + 2 + j]
+                        t += x[r, k * 32 + j] * lo[v] + x[r, k * 32 + 16 + j] * hi[v]
+                    acc += f16[np.int32(wu8[o, b]) | (np.int32(wu8[o, b + 1]) << np.int32(8))] * t
+                y[r, col0 + i] = acc
+
+    @njit(cache=True)
+    def block_iq4_xs(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                     mins, we, wo):
+        nb = x.shape[1] // 256
+        for i in range(n):
+            o = o0 + i
+            for r in range(x.shape[0]):
+                acc = np.float32(0.0)
+                for k in range(nb):
+                    b = k * IQ4_XS_BYTES
+                    d = f16[np.int32(wu8[o, b]) | (np.int32(wu8[o, b + 1]) << np.int32(8))]
+                    sh = np.int32(wu8[o, b + 2]) | (np.int32(wu8[o, b + 3]) << np.int32(8))
+                    for ib in range(8):
+                        low = (np.int32(wu8[o, b + 4 + ib // 2]) >> np.int32(4 * (ib % 2))) & np.int32(15)
+                        ls = low | (((sh >> np.int32(2 * ib)) & np.int32(3)) << np.int32(4))
+                        t = np.float32(0.0)
+                        e = k * 256 + 32 * ib
+                        for j in range(16):
+                            v = wu8[o, b + 8 + 16 * ib + j]
+                            t += x[r, e + j] * lo[v] + x[r, e + 16 + j] * hi[v]
+                        acc += (d * np.float32(ls - np.int32(32))) * t
+                y[r, col0 + i] = acc
+
+
 # --- wrappers (the tables of pycohere.kernels.quant, the llama.cpp-activation dispatch) --------------------
 def _readonly(a: np.ndarray) -> np.ndarray:
     v = np.ascontiguousarray(a).view()
