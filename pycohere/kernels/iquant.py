@@ -28,7 +28,8 @@ then, exact mode: values -> float32, times x, accumulated as ``acc += d * (x * k
 vector (IQ4_XS: ``d * (ls - 32)`` per sub-block); llama.cpp mode: ``vpmaddubsw(|k|, sign(k) * q)`` (exact:
 |127 * 127 * 2| < 2**15) and ``vpmaddwd`` with ones (IQ4_NL; then ``d_w * d_x`` per block) or with the
 sub-block scale ``ls - 32`` (IQ4_XS: int32 sums over the whole super-block, then ``d_w * d_x`` once), as in
-quants.c. One horizontal sum per row.
+quants.c. One horizontal sum per row. The exact-mode dots take four weight rows per call, which share every
+load of x (for long rows x lives in L2, and one row per call read 7x more bytes of x than of weights).
 
 The IR kernels need AVX2 (``AVAILABLE``, as int8_dot); without it, or with ``NUMBA_DISABLE_JIT``, the
 wrappers return None and matmuls take the dequantized-tile path (``dequant_*`` + BLAS) and the spec's
