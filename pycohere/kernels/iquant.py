@@ -247,8 +247,8 @@ if AVAILABLE:
                         k = builder.sitofp(g.kvalues(blk, ir.Constant(_I64, 8 + 16 * ib if xs else 2)), _v(_F32, 32))
                         scale = builder.fmul(ds[t], builder.sitofp(g.sub_block_scale(blk, ib), _F32)) if xs else ds[t]
                         prod = builder.fmul(xv, k, flags=fast)
-                        accs[t] = builder.fadd(accs[t], builder.fmul(_splat(builder, scale, _F32, 32), prod, flags=fast),
-                                               flags=fast)
+                        scaled = builder.fmul(_splat(builder, scale, _F32, 32), prod, flags=fast)
+                        accs[t] = builder.fadd(accs[t], scaled, flags=fast)
                 return accs
             accs = _loop(builder, n_blocks, [ir.Constant(_v(_F32, 32), [0.0] * 32)] * tile, body)
             sums = [_hsum(builder, acc, 32) for acc in accs]
@@ -285,8 +285,9 @@ if AVAILABLE:
                 else:  # ggml_vec_dot_iq4_nl_q8_0
                     isum = g.int_dot(g.kvalues(blk, ir.Constant(_I64, 2)), g.load(xqrow, xoff, _v(_I8, 32)))
                 scale = builder.fmul(dw, builder.load(builder.gep(xdrow, [i])))
-                return builder.fadd(acc, builder.fmul(builder.sitofp(isum, _v(_F32, 8)), _splat(builder, scale, _F32, 8),
-                                                      flags=["contract"]), flags=["contract"])
+                term = builder.fmul(builder.sitofp(isum, _v(_F32, 8)), _splat(builder, scale, _F32, 8),
+                                    flags=["contract"])
+                return builder.fadd(acc, term, flags=["contract"])
             [acc] = _loop(builder, n_blocks, [ir.Constant(_v(_F32, 8), [0.0] * 8)], lambda i, accs: [body(i, accs[0])])
             return _hsum(builder, acc, 8)
         return codegen

@@ -162,8 +162,10 @@ def _twins() -> tuple[Twin, ...]:
           "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),
           "q3_k": (kquant.dequant_q3_k,), "q5_k": (kquant.dequant_q5_k,)}
     # iq4_nl / iq4_xs: exact-mode GEMVs where the host has AVX2 (else dequantized tiles), dequantizers everywhere
-    iq = {"iq4_nl": (iquant.gemv_iq4_nl, iquant.dequant_iq4_nl), "iq4_xs": (iquant.gemv_iq4_xs, iquant.dequant_iq4_xs)} \
-        if iquant.AVAILABLE else {"iq4_nl": (iquant.dequant_iq4_nl,), "iq4_xs": (iquant.dequant_iq4_xs,)}
+    iq = {"iq4_nl": (iquant.dequant_iq4_nl,), "iq4_xs": (iquant.dequant_iq4_xs,)}
+    if iquant.AVAILABLE:
+        iq = {"iq4_nl": (iquant.gemv_iq4_nl, iquant.dequant_iq4_nl),
+              "iq4_xs": (iquant.gemv_iq4_xs, iquant.dequant_iq4_xs)}
     for scheme, kernels in {**QUANT_KERNELS, **kq, **iq}.items():
         dequant = kernels[-1]
         twins.append(Twin(f"matmul/{scheme}", "matmul", scheme, _spec_matmul, _fast_matmul, kernels,
