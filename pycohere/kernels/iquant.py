@@ -37,6 +37,10 @@ activation rounding.
 """
 from __future__ import annotations
 
+# Sources (llama.cpp as bundled with llama-cpp-python 0.3.36): ggml/src/ggml-cpu/ggml-cpu.c lines 380-391
+# (type_traits_cpu of IQ4_NL / IQ4_XS: vec_dot_type Q8_0 / Q8_K); ggml/src/ggml-cpu/arch/x86/quants.c lines
+# 69-73 (mul_add_epi8), 3920-4002 (ggml_vec_dot_iq4_nl_q8_0) and 4004-4108 (ggml_vec_dot_iq4_xs_q8_K);
+# ggml/src/ggml-quants.c quantize_row_q8_K_ref (the Q8_K rounding).
 import numpy as np
 
 from ..quant.schemes import KVALUES_IQ4NL

@@ -740,6 +740,10 @@ class Q2_K(_KQuant, name="q2_k"):
 
 
 # --- llama.cpp's non-linear 4-bit types (dequantize only) ---------------------------------------
+# Sources (the llama.cpp tree bundled with llama-cpp-python 0.3.36): ggml/src/ggml-common.h lines 447-460
+# (block_iq4_nl, block_iq4_xs) and 1120-1122 (kvalues_iq4nl); ggml/src/ggml-quants.c lines 2725-2760
+# (dequantize_row_iq4_nl, dequantize_row_iq4_xs) and 4937-5108 (quantize_row_iq4_nl_impl, the quantizer
+# not reimplemented); gguf-py 0.19.0 gguf/quants.py classes IQ4_NL / IQ4_XS (the NumPy oracle).
 #: ggml-common.h ``kvalues_iq4nl``: the 16 int8 values a 4-bit IQ4_NL / IQ4_XS code indexes (a non-uniform
 #: grid, denser near zero, chosen in llama.cpp PR #5590 to fit the weight distribution of LLMs).
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
