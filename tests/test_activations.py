@@ -70,8 +70,10 @@ def test_from_pretrained_validates_the_option():
 
 def test_every_gguf_block_type_has_its_llama_cpp_vec_dot_type():
     # ggml-cpu.c type_traits_cpu: 32-value blocks dot with Q8_0 (Q8_1 for the *_1 types, same rounding),
-    # k-quants with Q8_K.
+    # k-quants and the 256-value IQ4_XS with Q8_K.
     from pycohere.checkpoints.gguf import GGML_SCHEMES
     from pycohere.quant.activations import VEC_DOT_TYPE
+    from pycohere.quant import get_scheme
     for ggml, scheme in GGML_SCHEMES.items():
-        assert VEC_DOT_TYPE[scheme] == ("q8_k" if ggml.endswith("_K") else "q8_0"), ggml
+        want = "q8_k" if ggml.endswith("_K") or ggml == "IQ4_XS" else "q8_0"
+        assert VEC_DOT_TYPE[scheme] == want and get_scheme(scheme).block_size == (256 if want == "q8_k" else 32), ggml

@@ -774,11 +774,12 @@ class TestErrors:
 
     def test_unsupported_tensor_types_name_the_tensor(self, G, tmp_path):
         rng = np.random.default_rng(0)
-        raw = {"model.layers.1.mlp.up_proj.weight": (G.random_blocks(rng, 64, 32, "IQ4_NL"), "IQ4_NL")}
+        raw = {"model.layers.1.mlp.up_proj.weight": (G.random_blocks(rng, 64, 32, "MXFP4"), "MXFP4")}
         [path] = self._write(G, tmp_path, raw=raw)
         with pytest.raises(UnsupportedFormatError,
-                           match="'blk.1.ffn_up.weight' \\(model.layers.1.mlp.up_proj.weight\\) is stored as IQ4_NL"
-                                 ".*F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"):
+                           match="'blk.1.ffn_up.weight' \\(model.layers.1.mlp.up_proj.weight\\) is stored as MXFP4"
+                                 ".*F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, "
+                                 "IQ4_NL, IQ4_XS"):
             pycohere.AutoModelForCausalLM.from_pretrained(path)
         raw = {"model.norm.weight": (G.random_blocks(rng, 1, 32, "Q8_0").reshape(-1), "Q8_0")}
         [path] = self._write(G, tmp_path, raw=raw)

@@ -28,7 +28,7 @@ OWN = ("int8", "int4", "int4-asym", "nf4")
 GGUF_QUANTIZABLE = ("q8_0", "q4_0", "q4_1")  # with recorded fixtures; q5_0 / q5_1 are checked live
 #: ggml types pycohere reads -> byte offsets of their f16 scale fields (random bytes there could be NaN/inf)
 GGML_F16_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q2_k": (80, 82),
-                   "q3_k": (108,), "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
+                   "q3_k": (108,), "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,), "iq4_nl": (0,), "iq4_xs": (0,)}
 TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -44,17 +44,18 @@ def same_bytes(a: QuantizedTensor, b: QuantizedTensor) -> bool:
 
 # --- registry and class attributes ------------------------------------------------------------
 def test_registry_and_block_attributes():
-    assert sorted(SCHEMES) == ["bnb-int8", "fp4", "int4", "int4-asym", "int8", "nf4", "q2_k", "q3_k", "q4_0",
-                               "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0"]
+    assert sorted(SCHEMES) == ["bnb-int8", "fp4", "int4", "int4-asym", "int8", "iq4_nl", "iq4_xs", "nf4", "q2_k",
+                               "q3_k", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0"]
     # ggml-common.h: block_q8_0 = f16 + 32 i8 = 34 B; q4_0 = f16 + 16 B = 18; q4_1 = 2 f16 + 16 = 20;
     # q5_0 = f16 + 4 B qh + 16 B = 22; q5_1 = 2 f16 + 4 + 16 = 24;
     # q2_K = 16 B scales + 64 B qs + 2 f16 = 84 per 256; q3_K = 32 hmask + 64 qs + 12 + f16 = 110;
     # q4_K = 2 f16 + 12 + 128 = 144 per 256; q5_K = 2 f16 + 12 + 32 qh + 128 = 176;
-    # q6_K = 128 + 64 + 16 + f16 = 210 per 256.
+    # q6_K = 128 + 64 + 16 + f16 = 210 per 256; iq4_nl = f16 + 16 B = 18 per 32;
+    # iq4_xs = f16 + u16 scales_h + 4 B scales_l + 128 B qs = 136 per 256.
     expected = {"q8_0": (32, 34, 8.5), "q4_0": (32, 18, 4.5), "q4_1": (32, 20, 5.0),
                 "q5_0": (32, 22, 5.5), "q5_1": (32, 24, 6.0), "q2_k": (256, 84, 2.625),
                 "q3_k": (256, 110, 3.4375), "q4_k": (256, 144, 4.5), "q5_k": (256, 176, 5.5),
-                "q6_k": (256, 210, 6.5625)}
+                "q6_k": (256, 210, 6.5625), "iq4_nl": (32, 18, 4.5), "iq4_xs": (256, 136, 4.25)}
     for name, (block, nbytes, bpw) in expected.items():
         cls = get_scheme(name)
         assert (cls.block_size, cls.bytes_per_block, cls.block_nbytes(block)) == (block, nbytes, nbytes)

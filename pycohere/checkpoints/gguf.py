@@ -4,7 +4,8 @@
 :class:`~pycohere.config.Cohere2Config` with transformers' field names, and ``GGUFSource`` serves the
 tensors under transformers' parameter names (the ``WeightSource`` interface of :mod:`pycohere.checkpoints.source`),
 zero-copy from the memory map: float matrices as ``DenseWeight`` over the F32/F16/BF16 view, ggml
-blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) as ``QuantizedWeight``
+blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and the non-linear
+IQ4_NL, IQ4_XS) as ``QuantizedWeight``
 over ``raw_bytes(name).reshape(out, -1)``. Q5_0, Q5_1, Q2_K, Q3_K and Q5_K have no GEMV kernel: their
 matmuls (decode included) multiply dequantized tiles with BLAS (Numba dequantizers in
 pycohere.kernels.kquant, the NumPy spec with ``backend="numpy"``).
@@ -106,7 +107,8 @@ from .source import RowFetch, TensorInfo, WeightSource
 SUPPORTED_ARCHITECTURES = {"command-r": "cohere", "cohere2": "cohere2"}
 #: ggml block types read as pycohere quantization schemes (same bytes, see pycohere.quant.schemes)
 GGML_SCHEMES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1",
-                "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k"}
+                "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
+                "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs"}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 SUPPORTED_MATRIX_TYPES = FLOAT_TYPES + tuple(GGML_SCHEMES)
 # llama.cpp's default sliding-window pattern for cohere2 (load_swa_pattern(ml, 4) in cohere2.cpp)

@@ -101,6 +101,8 @@ BLOCK_DTYPES: dict[str, np.dtype] = {
     "Q4_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", (16,))]),
     "Q4_K": np.dtype([("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", (12,)), ("qs", "u1", (128,))]),
     "Q6_K": np.dtype([("ql", "u1", (128,)), ("qh", "u1", (64,)), ("scales", "i1", (16,)), ("d", "<f2")]),
+    "IQ4_NL": np.dtype([("d", "<f2"), ("qs", "u1", (16,))]),
+    "IQ4_XS": np.dtype([("d", "<f2"), ("scales_h", "<u2"), ("scales_l", "u1", (4,)), ("qs", "u1", (128,))]),
 }
 for _name, _dtype in BLOCK_DTYPES.items():  # keep the two tables honest with each other
     assert _dtype.itemsize == GGML_TYPES[GGML_TYPE_IDS[_name]].type_size, _name

@@ -35,10 +35,13 @@ from .jit import F16_TABLE, FAST, njit, prange
 from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, round_rows
 from .rows import (row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_q4_0, row_q4_1, row_q4_k,
                    row_q6_k, row_q8_0)
+from .iquant import KVALUES, block_iq4_nl, block_iq4_xs  # IQ4_NL / IQ4_XS rows (LLVM IR kernels)
 
 # storage kinds of a decode matrix
 F32, F16, BF16, INT8, INT4, INT4_ASYM, NF4, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = range(12)
 KIND_NAMES = ("F32", "F16", "BF16", "int8", "int4", "int4-asym", "nf4", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k")
+IQ4_NL, IQ4_XS = len(KIND_NAMES), len(KIND_NAMES) + 1  # their block functions are in pycohere.kernels.iquant
+KIND_NAMES += ("iq4_nl", "iq4_xs")
 N_MATRICES = 7
 # Weight bytes per job of a parallel pass: equal-cost jobs make Numba's static split of a pass over the
 # threads balanced (with rows per job instead, the o_proj and down_proj rows of region 3, 2048 and 5632
@@ -137,6 +140,7 @@ def block_q6_k(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi
 
 BLOCKS = (block_f32, block_f16, block_bf16, block_int8, block_int4, block_int4_asym, block_nf4, block_q8_0,
           block_q4_0, block_q4_1, block_q4_k, block_q6_k)  # indexed by kind
+BLOCKS += (block_iq4_nl, block_iq4_xs)
 
 
 @njit(cache=True, inline="always")
@@ -168,6 +172,10 @@ def call_block(kind, y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, 
         block_q4_1(*args)
     elif kind == Q4_K:
         block_q4_k(*args)
+    elif kind == IQ4_NL:
+        block_iq4_nl(*args)
+    elif kind == IQ4_XS:
+        block_iq4_xs(*args)
     else:
         block_q6_k(*args)
 
@@ -417,6 +425,7 @@ for _a in _PLACEHOLDERS.values():
     _a.flags.writeable = False
 _SCHEME_KINDS = {"int8": INT8, "bnb-int8": INT8, "int4": INT4, "int4-asym": INT4_ASYM, "nf4": NF4,
                  "fp4": NF4, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q4_k": Q4_K, "q6_k": Q6_K}
+_SCHEME_KINDS.update({"iq4_nl": IQ4_NL, "iq4_xs": IQ4_XS})
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -464,6 +473,8 @@ def matrix_arrays(w) -> tuple | None:
         s1 = _readonly(a["scales"])
         s2 = _readonly(a["mins"]) if "mins" in a else f32
         table = FP4_TABLE if w.storage == "fp4" else NF4_TABLE if kind == NF4 else None
+    if kind in (IQ4_NL, IQ4_XS):
+        table = KVALUES  # -> the byte tables lo / hi of the plain (non-AVX2) block loops
     return (kind, u16, f32, q, i8, s1, s2, table)
 
 

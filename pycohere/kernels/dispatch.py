@@ -125,7 +125,7 @@ def fast_weight(w: Weight) -> Weight:
 
 def _kernels(w: Weight):
     """(matmul(x float32) -> y, rows(int ids) -> float32 rows) of a spec weight; None where the spec runs."""
-    from . import dense, int8_dot, quant
+    from . import dense, int8_dot, iquant, quant
     if isinstance(w, DenseWeight):
         if w.raw is None:  # materialized: the spec's one BLAS call is the fast path
             return None, None
@@ -138,10 +138,12 @@ def _kernels(w: Weight):
         inner = fast_weight(w.weight)
         vdt, qweight = w.vec_dot_type, getattr(w.weight, "arrays", {}).get("qweight")
 
+        # integer dot products on the rounded blocks, where the host has them (iq4_nl / iq4_xs: kernels.iquant)
+        rounded = iquant.gemv_rounded if w.storage in iquant.SCHEMES else int8_dot.gemv_rounded
+
         def matmul(x):
-            if vdt == "q8_0" and qweight is not None:
-                # integer dot products on the rounded blocks, where the host has them
-                y = int8_dot.gemv_rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
+            if (vdt == "q8_0" or w.storage in iquant.SCHEMES) and qweight is not None:
+                y = rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
                 if y is not None:
                     return y.reshape(x.shape[:-1] + (w.shape[0],))
             return inner.matmul(round_activations(x, vdt))

@@ -15,8 +15,9 @@ Two kernels per scheme, both tested against the spec in tests/test_quant_kernels
 
 Asymmetric schemes (``int4-asym``, ``q4_1``: ``w = n * s + m``) use ``sum_j x_j w_j =
 s * sum_j x_j n_j + m * sum_j x_j`` with the group sums of x computed once per call.
-The llama.cpp k-quants (``q4_k`` / ``q6_k``) have their kernels in ``pycohere.kernels.kquant`` and the
-bitsandbytes ones in ``pycohere.kernels.hf``; the tables at the end of this module list every scheme's
+The llama.cpp k-quants (``q4_k`` / ``q6_k``) have their kernels in ``pycohere.kernels.kquant``, the
+non-linear ``iq4_nl`` / ``iq4_xs`` in ``pycohere.kernels.iquant`` and the bitsandbytes ones in
+``pycohere.kernels.hf``; the tables at the end of this module list every scheme's
 kernels. A scheme without any kernel runs through the same tile path with its NumPy dequantizer.
 
 Layouts (see ``pycohere.quant.schemes``): every array is ``[out, (in / group) * width]``; int4 and
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..constants import TILE_ELEMENTS
 from ..quant.schemes import FP4_TABLE, INV127, NF4_TABLE, QuantizedTensor
-from . import hf, kquant
+from . import hf, iquant, kquant
 from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, ROWS_PER_JOB as CHUNK, f16_at, njit, prange
 from .rows import row_int4, row_int8, row_nf4, row_q4_0, row_q4_1, row_q8_0
 
@@ -249,6 +250,7 @@ GEMV_KERNELS = {
     "q4_1": _gemv_q4(gemv_q4_1),
     "q4_k": kquant.gemv_q4_k_arrays,
     "q6_k": kquant.gemv_q6_k_arrays,
+    **iquant.GEMV_KERNELS,  # iq4_nl / iq4_xs (None without AVX2: then dequantized tiles)
 }
 DEQUANT_KERNELS = {
     "int8": lambda a, out: dequant_int8(a["qweight"], a["scales"], out),
@@ -265,6 +267,7 @@ DEQUANT_KERNELS = {
     **{scheme: kquant.dequant_blocks(kernel) for scheme, kernel in (
         ("q5_0", kquant.dequant_q5_0), ("q5_1", kquant.dequant_q5_1), ("q2_k", kquant.dequant_q2_k),
         ("q3_k", kquant.dequant_q3_k), ("q5_k", kquant.dequant_q5_k))},
+    **iquant.DEQUANT_KERNELS,
 }
 
 

@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..quant.activations import VEC_DOT_TYPE, round_activations, round_q8_0
+from ..quant.activations import VEC_DOT_TYPE, round_activations, round_q8_0, round_q8_k
 from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
 from ..spec import layers as L
 from ..spec.params import ForwardState
-from . import attention, decode, dense, hf, int8_dot, quant, rounding
+from . import attention, decode, dense, hf, int8_dot, iquant, quant, rounding
 from .dispatch import fast_weight
 
 
@@ -105,6 +105,23 @@ def _fast_rounded_matmul(w, x):
     return int8_dot.gemv_rounded(x, w.arrays["qweight"], w.storage)
 
 
+def _spec_round_q8_k(x):
+    return round_q8_k(x)
+
+
+def _fast_round_q8_k(x):
+    q, d = iquant.quantize_q8_k_rows(x)
+    return (d[:, :, None] * q.reshape(q.shape[0], -1, 256).astype(np.float32)).reshape(x.shape)
+
+
+def _spec_rounded_matmul_q8_k(w, x):
+    return round_q8_k(x) @ w.dequantize(np.float32).T
+
+
+def _fast_rounded_matmul_iq4(w, x):
+    return iquant.gemv_rounded(x, w.arrays["qweight"], w.storage)
+
+
 def _spec_permute(q, perm):
     return pack_nibbles(unpack_nibbles(q)[:, perm])
 
@@ -154,7 +171,12 @@ def _twins() -> tuple[Twin, ...]:
     kq = {"q4_k": (kquant.gemv_q4_k, kquant.dequant_q4_k), "q6_k": (kquant.gemv_q6_k, kquant.dequant_q6_k),
           "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),
           "q3_k": (kquant.dequant_q3_k,), "q5_k": (kquant.dequant_q5_k,)}
-    for scheme, kernels in {**QUANT_KERNELS, **kq}.items():
+    # iq4_nl / iq4_xs: exact-mode GEMVs where the host has AVX2 (else dequantized tiles), dequantizers everywhere
+    iq = {"iq4_nl": (iquant.dequant_iq4_nl,), "iq4_xs": (iquant.dequant_iq4_xs,)}
+    if iquant.AVAILABLE:
+        iq = {"iq4_nl": (iquant.gemv_iq4_nl, iquant.dequant_iq4_nl),
+              "iq4_xs": (iquant.gemv_iq4_xs, iquant.dequant_iq4_xs)}
+    for scheme, kernels in {**QUANT_KERNELS, **kq, **iq}.items():
         dequant = kernels[-1]
         twins.append(Twin(f"matmul/{scheme}", "matmul", scheme, _spec_matmul, _fast_matmul, kernels,
                           "summation" if scheme in NON_DYADIC else "exact"))
@@ -170,6 +192,7 @@ def _twins() -> tuple[Twin, ...]:
         Twin("attention/flash", "attention", "float32", _spec_attention, _fast_flash_attention,
              (attention.flash_attention,), "softmax"),
         Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (int8_dot.quantize_q8_0_rows,)),
+        Twin("round/q8_k", "round", "q8_k", _spec_round_q8_k, _fast_round_q8_k, (iquant.quantize_q8_k_rows,)),
         Twin("permute/int4", "permute", "int4", _spec_permute, _fast_permute, (hf.permute_codes,)),
     ]
     # activations="llama.cpp": the decode step rounds its matmul inputs (kernels.rounding), then runs the
@@ -185,6 +208,10 @@ def _twins() -> tuple[Twin, ...]:
         twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s, _spec_rounded_matmul, _fast_rounded_matmul,
                        (kernel,), "summation")
                   for s, kernel in (("q8_0", int8_dot.gemv_q8_0_q8), ("q4_0", int8_dot.gemv_q4_0_q8))]
+        twins += [Twin("rounded-matmul/iq4_nl", "rounded-matmul", "iq4_nl", _spec_rounded_matmul,
+                       _fast_rounded_matmul_iq4, (iquant.gemv_iq4_nl_q8,), "summation"),
+                  Twin("rounded-matmul/iq4_xs", "rounded-matmul", "iq4_xs", _spec_rounded_matmul_q8_k,
+                       _fast_rounded_matmul_iq4, (iquant.gemv_iq4_xs_q8,), "summation")]
     missing = {s for s in SCHEMES if not any(t.case == s for t in twins)}
     assert not missing, f"schemes without kernel twins: {missing}"  # (a table edit forgot one)
     return tuple(twins)

@@ -8,7 +8,7 @@ their ``Weight``, ``QuantizationConfig``, streaming quantization, and llama.cpp'
 
 Schemes: int8 (per channel or per group), int4, int4-asym, nf4 (bitsandbytes), and llama.cpp's
 q8_0, q4_0, q4_1, q5_0, q5_1 (byte-for-byte GGUF blocks) plus the dequantize-only k-quants q2_k, q3_k,
-q4_k, q5_k and q6_k. The Numba kernels are in ``pycohere.kernels``; quantized checkpoints are read by
+q4_k, q5_k, q6_k and non-linear iq4_nl, iq4_xs. The Numba kernels are in ``pycohere.kernels``; quantized checkpoints are read by
 ``pycohere.checkpoints`` and written by ``pycohere.export``.
 
 May import: ``pycohere.spec``, ``pycohere.io`` and below.

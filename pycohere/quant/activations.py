@@ -9,12 +9,12 @@ weight type                vec_dot_type    activations become
 =========================  ==============  ===================================================
 F32                        F32             unchanged
 F16 / BF16                 F16 / BF16      rounded to half / bfloat16 (nearest even)
-Q8_0, Q4_0, Q5_0          Q8_0            blocks of 32: ``d = fp16(amax / 127)``,
+Q8_0, Q4_0, Q5_0, IQ4_NL  Q8_0            blocks of 32: ``d = fp16(amax / 127)``,
                                            ``q = rint(x * (127 / amax))`` (ggml-cpu/arch/x86/quants.c
                                            ``quantize_row_q8_0``; the repacked AVX2 path rounds alike)
 Q4_1, Q5_1                 Q8_1            as Q8_0, plus ``s = fp16(d * sum q)`` for the min term
                                            (not emulated: pycohere uses ``sum(d * q)``)
-Q2_K .. Q6_K               Q8_K            blocks of 256: ``iscale = -127 / max`` (signed element of
+Q2_K .. Q6_K, IQ4_XS       Q8_K            blocks of 256: ``iscale = -127 / max`` (signed element of
                                            largest magnitude, first on ties), ``q = min(127,
                                            rint(iscale * x))``, ``d = 1 / iscale`` in float32
                                            (ggml-quants.c ``quantize_row_q8_K_ref``)
@@ -27,8 +27,9 @@ pycohere from ~1e-2 to a few 1e-3 of llama.cpp's logits on quantized GGUF files 
 differences of ~1e-6 upstream flip individual roundings; tests/test_llama_cpp_parity.py).
 
 The rounded blocks are also what makes integer arithmetic possible: for q8_0 / q4_0 weights the
-numba backend multiplies them with the AVX2 integer kernels of ``pycohere.kernels.int8_dot`` (their
-readable twin is this module: ``round_activations`` followed by the exact float matmul).
+numba backend multiplies them with the AVX2 integer kernels of ``pycohere.kernels.int8_dot``, and for
+iq4_nl / iq4_xs weights with those of ``pycohere.kernels.iquant`` (their readable twin is this module:
+``round_activations`` followed by the exact float matmul).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from ..spec.weights import Weight
 # storage of a Weight (DenseWeight dtype or quantization scheme) -> llama.cpp's vec_dot_type
 VEC_DOT_TYPE = {"F32": None, "F64": None, "F16": "f16", "BF16": "bf16", "q8_0": "q8_0", "q4_0": "q8_0",
                 "q4_1": "q8_0", "q5_0": "q8_0", "q5_1": "q8_0",
-                "q2_k": "q8_k", "q3_k": "q8_k", "q4_k": "q8_k", "q5_k": "q8_k", "q6_k": "q8_k"}
+                "q2_k": "q8_k", "q3_k": "q8_k", "q4_k": "q8_k", "q5_k": "q8_k", "q6_k": "q8_k",
+                "iq4_nl": "q8_0", "iq4_xs": "q8_k"}  # ggml-cpu.c type_traits_cpu[GGML_TYPE_IQ4_NL / IQ4_XS]
 
 
 def round_q8_0(x: np.ndarray) -> np.ndarray:
@@ -94,10 +96,11 @@ class LlamaCppActivations(Weight):
         if weight.storage not in VEC_DOT_TYPE:
             raise InputError(
                 f"activations='llama.cpp' emulates llama.cpp's matmuls, which have no counterpart for {name} "
-                f"stored as {weight.storage}; it applies to F32/F16/BF16 and GGUF block types (q2_k..q8_0) "
-                "weights (load a GGUF file, or use the default activations='float32')")
+                f"stored as {weight.storage}; it applies to F32/F16/BF16 and GGUF block types (q2_k..q8_0, iq4_nl, "
+                "iq4_xs) weights (load a GGUF file, or use the default activations='float32')")
         self.weight = weight
-        # (q8_0 / q8_k blocks always fit: q4_0 / q8_0 rows hold whole blocks of 32, k-quants of 256)
+        # (q8_0 / q8_k blocks always fit: q4_0 / q8_0 / iq4_nl rows hold whole blocks of 32, k-quants and
+        # iq4_xs of 256)
         self.vec_dot_type = VEC_DOT_TYPE[weight.storage]
         self.shape, self.storage = weight.shape, weight.storage
 

@@ -566,7 +566,7 @@ class Q5_1(_GGMLScheme, name="q5_1"):
 
 
 def _dequantize_only(name: str) -> str:
-    return (f"{name} is dequantize-only in pycohere (llama.cpp's k-quant scale search is not "
+    return (f"{name} is dequantize-only in pycohere (llama.cpp's scale search for this type is not "
             f"implemented); produce it with llama-quantize, or quantize to q4_0/q5_0/q8_0/int4/int8")
 
 
@@ -737,6 +737,84 @@ class Q2_K(_KQuant, name="q2_k"):
         scale = (d * (s & 0x0F).astype(np.float32))[:, :, None]
         offset = (dmin * (s >> 4).astype(np.float32))[:, :, None]
         return (scale * q.reshape(n_blocks, 16, 16).astype(np.float32) - offset).reshape(n_blocks, 256)
+
+
+# --- llama.cpp's non-linear 4-bit types (dequantize only) ---------------------------------------
+# Sources (the llama.cpp tree bundled with llama-cpp-python 0.3.36): ggml/src/ggml-common.h lines 447-460
+# (block_iq4_nl, block_iq4_xs) and 1120-1122 (kvalues_iq4nl); ggml/src/ggml-quants.c lines 2725-2760
+# (dequantize_row_iq4_nl, dequantize_row_iq4_xs) and 4937-5108 (quantize_row_iq4_nl_impl, the quantizer
+# not reimplemented); gguf-py 0.19.0 gguf/quants.py classes IQ4_NL / IQ4_XS (the NumPy oracle).
+#: ggml-common.h ``kvalues_iq4nl``: the 16 int8 values a 4-bit IQ4_NL / IQ4_XS code indexes (a non-uniform
+#: grid, denser near zero, chosen in llama.cpp PR #5590 to fit the weight distribution of LLMs).
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+
+
+def _iq4_codes(qs: np.ndarray) -> np.ndarray:
+    """u8 qs [n, 16 k] (k blocks of 32: byte j = code of element j low, j + 16 high) -> the int8 values
+    ``kvalues_iq4nl[code]`` as float32 [n, 32 k], in element order (dequantize_row_iq4_nl's loop)."""
+    n = qs.shape[0]
+    q = qs.reshape(n, -1, 1, 16)                                              # [n, blocks, 1, 16]
+    codes = np.concatenate([q & np.uint8(0x0F), q >> np.uint8(4)], axis=2)   # [n, blocks, 2, 16]
+    return KVALUES_IQ4NL[codes].astype(np.float32).reshape(n, -1)
+
+
+class IQ4_NL(_KQuant, name="iq4_nl"):
+    """ggml IQ4_NL: 18 bytes per 32 = f16 d, u8 qs[16]; ``w = d * kvalues_iq4nl[n]``.
+
+    ggml-common.h ``block_iq4_nl`` (``ggml_half d; uint8_t qs[QK4_NL/2]``, QK4_NL = 32): Q4_0's nibble
+    order (byte j holds element j in the low nibble, element j + 16 in the high one), but the code
+    indexes the non-linear int8 grid :data:`KVALUES_IQ4NL` instead of ``n - 8`` (ggml-quants.c
+    ``dequantize_row_iq4_nl``: ``y[j] = d * kvalues_iq4nl[qs[j] & 0xf]``, ``y[j + 16] = d *
+    kvalues_iq4nl[qs[j] >> 4]``). The product of an 11-bit f16 significand and a 7-bit value is exact in
+    float32. Dequantize-only: llama.cpp picks ``d`` with a weighted least-squares search over 15 trial
+    scales (``quantize_row_iq4_nl_impl`` with ntry = 7), which pycohere does not reimplement.
+    """
+
+    bits = 4
+    block_size = 32
+    group_sizes = (32,)
+    bytes_per_block = 18
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        d = np.ascontiguousarray(raw[:, 0:2]).view(np.float16).astype(np.float32)
+        return d * _iq4_codes(raw[:, 2:18])
+
+
+class IQ4_XS(_KQuant, name="iq4_xs"):
+    """ggml IQ4_XS: 136 bytes per 256 = f16 d, u16 scales_h, u8 scales_l[4], u8 qs[128].
+
+    ggml-common.h ``block_iq4_xs``: eight sub-blocks of 32 with a 6-bit scale ``ls_ib`` each, its low four
+    bits in nibble ``ib % 2`` of ``scales_l[ib / 2]`` and its top two bits at bits ``2 ib`` of the
+    little-endian ``scales_h``; ``qs`` holds the sub-blocks one after the other in IQ4_NL's nibble order.
+    ``w = (d * (ls_ib - 32)) * kvalues_iq4nl[n]`` (ggml-quants.c ``dequantize_row_iq4_xs``:
+    ``dl = d * (ls - 32)``, then ``y[j] = dl * kvalues_iq4nl[qs[j] & 0xf]``); both products are exact in
+    float32 (11 + 6 + 7 significant bits). Dequantize-only, like IQ4_NL.
+    """
+
+    bits = 4
+    block_size = 256
+    group_sizes = (256,)
+    bytes_per_block = 136
+
+    @staticmethod
+    def scales(raw: np.ndarray) -> np.ndarray:
+        """The eight signed sub-block scales ``ls - 32`` of each block: [n, 136] bytes -> int16 [n, 8]."""
+        h = np.ascontiguousarray(raw[:, 2:4]).view("<u2").astype(np.int32)                  # [n, 1]
+        sl = raw[:, 4:8].astype(np.int32)                                                   # [n, 4]
+        low = np.stack([sl & 0x0F, sl >> 4], axis=2).reshape(-1, 8)                        # sub-block ib = 2 i + nibble
+        high = (h >> (2 * np.arange(8, dtype=np.int32))[None, :]) & 3                        # [n, 8]
+        return ((low | (high << 4)) - 32).astype(np.int16)
+
+    @classmethod
+    def dequantize_blocks(cls, packed):
+        raw = cls._bytes(packed)
+        n_blocks = raw.shape[0]
+        d = np.ascontiguousarray(raw[:, 0:2]).view(np.float16).astype(np.float32)           # [n, 1]
+        dl = (d * cls.scales(raw).astype(np.float32))[:, :, None]                           # [n, 8, 1]
+        values = _iq4_codes(raw[:, 8:136]).reshape(n_blocks, 8, 32)                         # [n, 8 sub-blocks, 32]
+        return (dl * values).reshape(n_blocks, 256)
 
 
 # --- whole tensors ------------------------------------------------------------------------------
