@@ -315,3 +315,27 @@ print("ok", [k for k in sys.modules if k.startswith(("mpi4py", "dask", "distribu
     assert r.stdout.strip() == "ok []"
     assert isinstance(pycohere.AutoModelForCausalLM.from_pretrained(ckpts["gqa"], tensor_parallel=1),
                       TensorParallelCohereForCausalLM)
+
+
+def test_the_wire_format_round_trips_the_protocol_and_refuses_anything_else():
+    """Ranks exchange JSON + raw arrays (pycohere.parallel.wire), never pickles."""
+    import pytest
+    from pycohere.generation.config import GenerateDecoderOnlyOutput
+    from pycohere.parallel.wire import decode, encode
+    ids = np.arange(6, dtype=np.int64).reshape(2, 3)
+    mask = np.array([[True, False]])
+    out = GenerateDecoderOnlyOutput(ids, (np.float32([[np.nan, -np.inf, 1.5]]),), None, None)
+    msg = ("step", ids, mask, {"n": 3, "x": 0.1, "nan": float("nan")}, [None, True, "s"], out)
+    got = decode(encode(msg))
+    assert got[0] == "step" and isinstance(got, tuple)
+    np.testing.assert_array_equal(got[1], ids)
+    assert got[1].dtype == np.int64 and got[2].dtype == np.bool_ and got[2].shape == (1, 2)
+    assert got[3]["n"] == 3 and got[3]["x"] == 0.1 and np.isnan(got[3]["nan"]) and got[4] == [None, True, "s"]
+    g = got[5]
+    assert isinstance(g, GenerateDecoderOnlyOutput) and g.logits is None and g.past_key_values is None
+    np.testing.assert_array_equal(g.scores[0], out.scores[0])
+    with pytest.raises(TypeError, match="not sent between ranks"):
+        encode(("x", object()))
+    with pytest.raises(ValueError, match="unknown value kind"):
+        decode(b'{"__pickle__": "gASV"}')
+    assert b"pickle" not in encode(msg)

@@ -8,7 +8,8 @@ order, so the model code is the same for both:
 
 * ``allgather(local, shapes)`` -> every rank's array, in rank order, on every process;
 * ``gather(local, shapes)`` -> the same on the root process (rank 0), None elsewhere;
-* ``bcast_obj`` / ``allgather_obj``: small picklable objects between *processes* (commands of the
+* ``bcast_obj`` / ``allgather_obj``: small plain-data objects (``parallel.wire``: JSON and arrays, never
+  pickle) between *processes* (commands of the
   decode loop, load status, checkpoint fingerprints).
 
 Sums are built on top: :func:`sum_in_rank_order` adds the gathered arrays rank 0 first. ``MPI_Allreduce``

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import pickle
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..errors import MissingExtraError, RankFailedError, RankTimeoutError
 from .comm import Communicator
+from .wire import decode, encode
 
 DEFAULT_TIMEOUT = 300.0
 ABORT_TAG = 31_337
@@ -86,7 +86,7 @@ class MPICommunicator(Communicator):
             self.poisoned = True
             n = status.Get_count(self.MPI.BYTE)
             try:
-                rank, kind, message = pickle.loads(bytes(self._abort_buf[:n]))
+                rank, kind, message = decode(bytes(self._abort_buf[:n]))
             except Exception:  # a truncated message: say what can be said
                 rank, kind, message = status.Get_source(), "error", "(message lost)"
             raise RankFailedError(f"rank {rank} failed ({kind}: {message}); rank {self.rank} stops too "
@@ -122,10 +122,10 @@ class MPICommunicator(Communicator):
             return
         self.poisoned = True
         text = str(exc)
-        payload = pickle.dumps((self.rank, type(exc).__name__, text))
+        payload = encode((self.rank, type(exc).__name__, text))
         while len(payload) > ABORT_BYTES:
             text = text[:len(text) // 2] + " [...]"
-            payload = pickle.dumps((self.rank, type(exc).__name__, text))
+            payload = encode((self.rank, type(exc).__name__, text))
         reqs = [self.comm.Isend([payload, self.MPI.BYTE], dest=r, tag=ABORT_TAG)
                 for r in range(self.size) if r != self.rank]
         deadline = time.monotonic() + 2.0  # small messages go eagerly; do not wait on a dead peer
@@ -167,16 +167,16 @@ class MPICommunicator(Communicator):
         return self._split(recv, counts, displs, shapes) if self.rank == 0 else None
 
     def bcast_obj(self, obj=None, wait: bool = True):
-        data = pickle.dumps(obj) if self.rank == 0 else b""
+        data = encode(obj) if self.rank == 0 else b""
         n = np.array([len(data)], dtype=np.int64)
         self._wait(self.comm.Ibcast(n, root=0), "waiting for rank 0", wait)
         buf = bytearray(data) if self.rank == 0 else bytearray(int(n[0]))
         self._wait(self.comm.Ibcast([buf, self.MPI.BYTE], root=0), "receiving from rank 0")
-        return obj if self.rank == 0 else pickle.loads(bytes(buf))
+        return obj if self.rank == 0 else decode(bytes(buf))
 
     def allgather_obj(self, obj):
-        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        data = np.frombuffer(encode(obj), dtype=np.uint8)
         sizes = np.empty(self.size, dtype=np.int64)
         self._wait(self.comm.Iallgather(np.array([data.size], dtype=np.int64), sizes), "agreeing with the other ranks")
         parts = self.allgather([data], [(int(s),) for s in sizes])
-        return [pickle.loads(p.tobytes()) for p in parts]
+        return [decode(p.tobytes()) for p in parts]
