@@ -106,11 +106,16 @@ def test_chunked_prefill_equals_one_pass(models, T, chunk, past, kind, backend, 
     model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
     (want, kv0), (got, kv1) = results
     close(got, want)
-    if kv0 is not None:  # the same keys and values were appended, to the same absolute indices
-        for a, b in zip(kv0.layers, kv1.layers):
-            assert (a.start, a.length) == (b.start, b.length)
-            close(b.k[:, :b.length], a.k[:, :a.length])
-            close(b.v[:, :b.length], a.v[:, :a.length])
+    if kv0 is not None:  # the same keys and values at the same absolute indices (a sliding layer compacts
+        for a, b in zip(kv0.layers, kv1.layers):  # at other times when chunked: compare what both still hold)
+            assert a.seen == b.seen == past + T
+            first = max(a.start, b.start)
+            if a.window is not None:  # each keeps at least what a future query can see
+                assert first <= a.seen - (a.window - 1)
+            else:
+                assert first == 0
+            close(b.k[:, first - b.start:b.length], a.k[:, first - a.start:a.length])
+            close(b.v[:, first - b.start:b.length], a.v[:, first - a.start:a.length])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -171,3 +176,66 @@ def test_bad_chunk_size_is_an_input_error(folders, models, bad):
 def test_from_pretrained_takes_the_chunk_size(folders):
     model = pycohere.AutoModelForCausalLM.from_pretrained(folders["cohere"], backend="numpy", prefill_chunk_size=64)
     assert model.prefill_chunk_size == 64 == model.model.prefill_chunk_size
+
+
+# --- the prefill kernels against their NumPy twins ------------------------------------------------------
+from pycohere.kernels import attention as A, dense as KD, tiles  # noqa: E402
+from pycohere.io.dtypes import bf16_bits, widen  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), T=st.integers(5, 20), past=st.integers(0, 9),
+       kv_start=st.integers(0, 6), K=st.integers(1, 2), G=st.integers(1, 3), window=st.sampled_from([0, 1, 3, 7]),
+       block=st.integers(1, 8), score_values=st.sampled_from([8, 64, 1 << 21]), padded=st.booleans())
+def test_blocked_attention_equals_the_spec(seed, B, T, past, kv_start, K, G, window, block, score_values, padded):
+    """kv_start > 0 is a sliding layer's cache after compaction; small score blocks shrink the query
+    blocks (down to one query); padding makes fully masked rows (the spec: mean of V over all keys)."""
+    rng = np.random.default_rng(seed)
+    Dh, S = 8, past + T
+    q = rng.standard_normal((B, T, K * G, Dh)).astype(np.float32)
+    k = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
+    v = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
+    kv_valid = np.ones((B, S), dtype=bool)
+    if padded:
+        kv_valid[0, :past + 2] = False                               # row 0: its first queries see nothing
+    q_index = np.arange(kv_start + past, kv_start + S, dtype=np.int64)
+    kv_index = np.arange(kv_start, kv_start + S)
+    want = L.attention(q, k, v, L.attention_mask(q_index, kv_index, kv_valid, window or None))
+    saved, A.SCORE_BLOCK_VALUES = A.SCORE_BLOCK_VALUES, score_values
+    try:
+        got = A.blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=block)
+    finally:
+        A.SCORE_BLOCK_VALUES = saved
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(9, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
+       tile=st.integers(1, 400), storage=st.sampled_from(["BF16", "F16"]))
+def test_tiled_prefill_matmul_equals_the_spec(seed, M, out_dim, in_dim, tile, storage):
+    """Tiles of any size (a single row, a partial last tile, one tile for everything) reuse the thread's
+    buffer and give the spec's x @ widen(W).T."""
+    rng = np.random.default_rng(seed)
+    w32 = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16)
+    x = rng.standard_normal((M, in_dim)).astype(np.float32)
+    saved, KD.TILE_ELEMENTS = KD.TILE_ELEMENTS, tile
+    try:
+        got = KD.dense_matmul(x, raw, storage)
+        again = KD.dense_matmul(x[: M - 1], raw, storage)            # the reused buffer: stale values never leak
+    finally:
+        KD.TILE_ELEMENTS = saved
+    want = x @ widen(raw, storage).T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+    np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_scratch_is_per_thread():
+    import threading
+    mine = tiles.scratch(16)
+    theirs = []
+    th = threading.Thread(target=lambda: theirs.append(tiles.scratch(16)))
+    th.start()
+    th.join()
+    assert not np.shares_memory(mine, theirs[0])
+    assert np.shares_memory(mine, tiles.scratch(8))                   # the same thread reuses its buffer

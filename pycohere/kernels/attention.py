@@ -1,7 +1,8 @@
 """Numba attention kernels: the fast twins of ``pycohere.spec.layers.attention`` with its mask rules.
 
-``decode_attention`` (a few queries, one pass over the cache) and ``flash_attention`` (tiled, with an
-online softmax: no (H, T, S) score tensor); ``fused_attention`` picks between them.
+``decode_attention`` (a few queries, one pass over the cache), ``flash_attention`` (tiled, with an
+online softmax: no (H, T, S) score tensor) and ``blocked_attention`` (prefill: query blocks against only
+the keys they can see, the two products by BLAS); ``fused_attention`` picks between them.
 """
 from __future__ import annotations
 
@@ -145,12 +146,94 @@ def flash_attention(q, k, v, q_index, kv_start, kv_valid, window, tile):
     return out
 
 
+@njit(cache=True, parallel=True, fastmath=FAST)
+def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen):
+    """In place: s (R, N) raw scores q.k of R = G * nq query rows (row r is query ``q_index[r % nq]``)
+    against keys ``kv_first .. kv_first + N - 1`` -> their softmax probabilities, masked keys 0.
+    ``kv_valid`` (N,) padding of those keys; ``seen[r]``: whether row r saw any key (a row that saw
+    none is left 0: its output is the mean of V over all keys, ``blocked_attention``'s to fill).
+    Twin: the softmax of ``pycohere.spec.layers.attention`` (scores * scale, masked, max-shifted)."""
+    R, N = s.shape
+    for r in prange(R):
+        qi = q_index[r % nq]
+        m = np.float32(-np.inf)
+        ok = False
+        for j in range(N):
+            ki = kv_first + j
+            if ki <= qi and kv_valid[j] and (window == 0 or qi - ki < window):
+                x = s[r, j] * scale
+                s[r, j] = x
+                if x > m or x != x:  # NaN wins, as in the spec's max
+                    m = x
+                ok = True
+            else:
+                s[r, j] = -np.inf
+        seen[r] = ok
+        if not ok:
+            for j in range(N):
+                s[r, j] = 0.0
+            continue
+        total = np.float32(0.0)
+        for j in range(N):  # branch-free (masked: exp(-inf) = 0), so LLVM can vectorise it
+            e = np.exp(s[r, j] - m)
+            s[r, j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for j in range(N):
+            s[r, j] *= inv
+
+
+#: blocked_attention's score block: at most this many values per (query block x visible keys) product
+#: (8 MiB of float32), whatever the prompt's length or the number of query heads per kv head.
+SCORE_BLOCK_VALUES = 1 << 21
+ATTENTION_QUERY_BLOCK = 256
+
+
+def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENTION_QUERY_BLOCK):
+    """Prefill attention with BLAS: for each (batch, kv head, block of queries) the G query heads that
+    share the kv head are stacked into one (G * nq, Dh) matrix (GQA: each K/V block is read once for all
+    of them), multiplied by only the keys that block can see (causal: none after its last query;
+    Cohere2 windows: none before its first query's window, so masked key blocks cost nothing), softmax
+    in ``masked_softmax_rows``, then @ V. Scores never exceed ``SCORE_BLOCK_VALUES`` (the query block
+    shrinks as the visible keys grow). Same arguments and twin as ``decode_attention``."""
+    B, T, H, Dh = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    scale = np.float32(1.0 / np.sqrt(Dh))
+    out = np.empty((B, T, H, Dh), dtype=np.float32)
+    nq_max = max(1, min(block, SCORE_BLOCK_VALUES // max(1, G * S)))
+    for b in range(B):
+        for kh in range(K):
+            kb, vb = k[b, :, kh], v[b, :, kh]                         # (S, Dh) each
+            mean_v = None
+            for t0 in range(0, T, nq_max):
+                t1 = min(t0 + nq_max, T)
+                nq = t1 - t0
+                hi = min(S, int(q_index[t1 - 1]) - kv_start + 1)       # causal: no key after the last query
+                lo = 0 if window == 0 else max(0, int(q_index[t0]) - window + 1 - kv_start)
+                hi = max(hi, lo)
+                qb = q[b, t0:t1, kh * G:(kh + 1) * G].transpose(1, 0, 2).reshape(G * nq, Dh)  # (G*nq, Dh)
+                scores = qb @ kb[lo:hi].T                              # (G*nq, hi-lo)
+                seen = np.empty(G * nq, dtype=np.bool_)
+                masked_softmax_rows(scores, q_index[t0:t1], nq, kv_start + lo, kv_valid[b, lo:hi], window, scale,
+                                    seen)
+                o = scores @ vb[lo:hi]                                 # (G*nq, Dh)
+                if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys
+                    if mean_v is None:
+                        mean_v = vb.astype(np.float32).mean(axis=0) if S else np.zeros(Dh, np.float32)
+                    o[~seen] = mean_v
+                out[b, t0:t1, kh * G:(kh + 1) * G] = o.reshape(G, nq, Dh).transpose(1, 0, 2)
+    return out
+
+
 FLASH_TILE = 64
 DECODE_MAX_QUERIES = 4
 
 
 def fused_attention(q, k, v, q_index, kv_start, kv_valid, window):
-    """Dispatch: decode (a few queries) -> one pass; prefill -> tiled online softmax."""
+    """Dispatch: decode (a few queries) -> one pass; prefill -> query blocks with BLAS
+    (``blocked_attention``: measured 10x the tiled online softmax's FLOP/s, BENCHMARKS.md "Prefill
+    (issue 15)")."""
     B, S = k.shape[0], k.shape[1]
     valid = np.ones((B, S), dtype=np.bool_) if kv_valid is None else np.ascontiguousarray(kv_valid)
     args = (np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(k, dtype=np.float32),
@@ -158,4 +241,4 @@ def fused_attention(q, k, v, q_index, kv_start, kv_valid, window):
             np.int64(kv_start), valid, np.int64(window or 0))
     if q.shape[1] <= DECODE_MAX_QUERIES:
         return decode_attention(*args)
-    return flash_attention(*args, np.int64(FLASH_TILE))
+    return blocked_attention(args[0], args[1], args[2], args[3], int(kv_start), args[5], int(window or 0))

@@ -13,6 +13,7 @@ from ..constants import TILE_ELEMENTS
 from ..io.dtypes import widen
 from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, njit, prange, u32_as_f32
 from .rows import row_bf16, row_f16, row_f32
+from .tiles import tiled_matmul
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -63,11 +64,28 @@ def widen_f16(w, table):
     return out
 
 
+@njit(cache=True, parallel=True)
+def widen_bf16_into(w, out):
+    """bf16 bits w (rows, in) -> out[:rows] float32, in place (a prefill tile). Twin: ``widen(w, "BF16")``."""
+    for i in prange(w.shape[0]):
+        for j in range(w.shape[1]):
+            out[i, j] = u32_as_f32(np.uint32(w[i, j]) << np.uint32(16))
+
+
+@njit(cache=True, parallel=True)
+def widen_f16_into(w, table, out):
+    """f16 bits w (rows, in) -> out[:rows] float32 through ``F16_TABLE``. Twin: ``widen(w, "F16")``."""
+    for i in prange(w.shape[0]):
+        for j in range(w.shape[1]):
+            out[i, j] = table[w[i, j]]
+
+
 def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
     """x (..., in) float32 @ W.T for an mmap'd raw W (out, in) -> (..., out) float32.
 
     Decode (few rows): a GEMV kernel that reads W once, widening in registers.
-    Prefill (many rows): W is widened tile by tile and multiplied by BLAS (compute bound).
+    Prefill (many rows): W is widened tile by tile into a reused buffer and multiplied by BLAS
+    (compute bound; ``pycohere.kernels.tiles``).
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
@@ -83,11 +101,13 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
         return y.reshape(lead + (raw.shape[0],))
     if storage == "F32":
         return (x2 @ raw.T).reshape(lead + (raw.shape[0],))
-    out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
-    rows = max(1, TILE_ELEMENTS // raw.shape[1])
-    for r in range(0, raw.shape[0], rows):
-        tile = widen_bf16(raw[r:r + rows]) if storage == "BF16" else widen_f16(raw[r:r + rows], F16_TABLE)
-        out[:, r:r + rows] = x2 @ tile.T  # (matmul into a strided out= slice skips BLAS: copy instead)
+    if storage == "BF16":
+        def fill(r0, r1, tile):
+            widen_bf16_into(raw[r0:r1], tile)
+    else:
+        def fill(r0, r1, tile):
+            widen_f16_into(raw[r0:r1], F16_TABLE, tile)
+    out = tiled_matmul(x2, raw.shape[0], raw.shape[1], fill, TILE_ELEMENTS)
     return out.reshape(lead + (raw.shape[0],))
 
 
