@@ -239,3 +239,33 @@ def test_scratch_is_per_thread():
     th.join()
     assert not np.shares_memory(mine, theirs[0])
     assert np.shares_memory(mine, tiles.scratch(8))                   # the same thread reuses its buffer
+
+
+_exp = None
+
+
+def _exp_kernel():
+    global _exp
+    if _exp is None:
+        from pycohere.kernels.jit import njit
+
+        @njit
+        def f(x):
+            out = np.empty_like(x)
+            for i in range(x.shape[0]):
+                out[i] = A.exp_nonpositive(x[i])
+            return out
+        _exp = f
+    return _exp
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([1e-6, 1e-2, 1.0, 10.0, 87.3]))
+def test_softmax_exp_equals_numpy_exp(seed, scale):
+    x = (-np.random.default_rng(seed).random(257) * scale).astype(np.float32)
+    x[:3] = [0.0, -np.inf, np.nan]
+    got, want = _exp_kernel()(x), np.exp(x)
+    assert got[0] == 1.0 and got[1] == 0.0 and np.isnan(got[2])
+    normal = want > np.finfo(np.float32).tiny * 2
+    np.testing.assert_allclose(got[3:][normal[3:]], want[3:][normal[3:]], rtol=4e-7, atol=0)
+    assert (np.abs(got[3:] - want[3:])[~normal[3:]] <= 2 * np.finfo(np.float32).tiny).all()  # cut to 0 below e^-87.3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import FAST, njit, prange
+from .jit import FAST, njit, prange, u32_as_f32
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -146,6 +146,29 @@ def flash_attention(q, k, v, q_index, kv_start, kv_valid, window, tile):
     return out
 
 
+@njit(cache=True, inline="always")
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (a softmax's max-shifted score), float32, in code LLVM vectorises (NumPy's and
+    libm's exp are calls, one value at a time). Cephes ``expf``: x = n ln2 + r with |r| <= ln2 / 2 (ln2
+    split in two, Cody-Waite), a degree-6 polynomial for exp(r), 2^n built from its exponent bits; within
+    a few ulp of exp. Below -87.3 (about float32's smallest normal and -inf, a masked key) it is 0; NaN stays NaN.
+    Twin: ``np.exp`` (tests/test_prefill.py)."""
+    if x != x:
+        return x
+    if x < np.float32(-87.3):
+        return np.float32(0.0)
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * u32_as_f32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
+
+
 @njit(cache=True, parallel=True, fastmath=FAST)
 def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen):
     """In place: s (R, N) raw scores q.k of R = G * nq query rows (row r is query ``q_index[r % nq]``)
@@ -174,8 +197,8 @@ def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen)
                 s[r, j] = 0.0
             continue
         total = np.float32(0.0)
-        for j in range(N):  # branch-free (masked: exp(-inf) = 0), so LLVM can vectorise it
-            e = np.exp(s[r, j] - m)
+        for j in range(N):  # masked keys: exp(-inf) = 0
+            e = exp_nonpositive(s[r, j] - m)
             s[r, j] = e
             total += e
         inv = np.float32(1.0) / total
