@@ -269,3 +269,29 @@ def test_softmax_exp_equals_numpy_exp(seed, scale):
     normal = want > np.finfo(np.float32).tiny * 2
     np.testing.assert_allclose(got[3:][normal[3:]], want[3:][normal[3:]], rtol=4e-7, atol=0)
     assert (np.abs(got[3:] - want[3:])[~normal[3:]] <= 2 * np.finfo(np.float32).tiny).all()  # cut to 0 below e^-87.3
+
+
+# --- tools/bench.py's prefill FLOP/s (issue 15) -------------------------------------------------------
+def test_fma_probe_runs_n_fmas_on_every_chain():
+    import bench
+    probe, lanes, _, engine = bench.compile_fma_probe()
+    # a <- a * 1 + 0.5 from a = 1, n times per chain, then the chains summed: chains * (1 + n / 2)
+    for n in (1, 10, 1000):
+        assert probe(n, 1.0, 0.5) == bench.FMA_CHAINS * (1 + n / 2)
+    assert lanes in (4, 8, 16)
+
+
+def test_prefill_flops_counts_every_matmul_and_visible_pair(folders):
+    import bench
+    cfg = pycohere.AutoModelForCausalLM.from_pretrained(folders["cohere"], backend="numpy")
+    c, p, T = cfg.config, cfg.params, 7
+    layer = p.layers[0]
+    weights = [layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj, layer.gate_proj, layer.up_proj, layer.down_proj]
+    per_token = sum(w.shape[0] * w.shape[1] for w in weights)            # multiply-adds per token per layer
+    pairs = L.attention_mask(np.arange(T), np.arange(T), None, None).sum()  # causal (query, key) pairs
+    Dh = c.hidden_size // c.num_attention_heads
+    want = c.num_hidden_layers * (2 * T * per_token + 2 * 2 * c.num_attention_heads * Dh * pairs) \
+        + 2 * 1 * c.hidden_size * c.vocab_size
+    got = bench.prefill_flops(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
+                              c.num_hidden_layers, c.vocab_size, T)
+    assert got == want

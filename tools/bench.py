@@ -270,27 +270,34 @@ done:
 }}"""
 
 
-def fma_peak_gflops(seconds: float = 0.25, reps: int = 5) -> dict:
-    """The machine's float32 peak, measured: cores x FMA units x lanes x 2 x clock, as the best of
-    ``reps`` runs of an FMA-only loop (llvmlite-compiled for this CPU: AVX-512 -> 16 lanes) on every
-    core at once (one thread per core; ctypes releases the GIL). 12 independent chains cover FMA
-    latency x units (4 x 2) without spilling registers."""
+def compile_fma_probe():
+    """(probe(n, m, k) -> float, lanes, cpu name, the engine that owns the code) for this CPU."""
     import ctypes
-    import threading
     import llvmlite.binding as llvm
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     features = llvm.get_host_cpu_features().flatten()
     lanes = 16 if "+avx512f" in features else 8 if "+avx" in features else 4
-    chains = 12
     tm = llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(), features=features,
                                                                    opt=2)
-    mod = llvm.parse_assembly(fma_probe_ir(lanes, chains))
+    mod = llvm.parse_assembly(fma_probe_ir(lanes, FMA_CHAINS))
     mod.verify()
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
     probe = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64, ctypes.c_float, ctypes.c_float)(
         engine.get_function_address("probe"))
+    return probe, lanes, llvm.get_host_cpu_name(), engine
+
+
+FMA_CHAINS = 12  # independent accumulators: more than FMA latency x units (4 x 2), fewer than registers
+
+
+def fma_peak_gflops(seconds: float = 0.25, reps: int = 5) -> dict:
+    """The machine's float32 peak, measured: cores x FMA units x lanes x 2 x clock, as the best of
+    ``reps`` runs of an FMA-only loop (llvmlite-compiled for this CPU: AVX-512 -> 16 lanes) on every
+    core at once (one thread per core; ctypes releases the GIL)."""
+    import threading
+    probe, lanes, cpu, _engine = compile_fma_probe()
     n = 1 << 16
     t = time.perf_counter()
     probe(n, 1.0, 0.0)
@@ -304,8 +311,8 @@ def fma_peak_gflops(seconds: float = 0.25, reps: int = 5) -> dict:
             th.start()
         for th in threads:
             th.join()
-        best = max(best, cores * n * chains * lanes * 2 / (time.perf_counter() - t) / 1e9)
-    return {"peak_gflops": best, "cores": cores, "lanes": lanes, "cpu": llvm.get_host_cpu_name()}
+        best = max(best, cores * n * FMA_CHAINS * lanes * 2 / (time.perf_counter() - t) / 1e9)
+    return {"peak_gflops": best, "cores": cores, "lanes": lanes, "cpu": cpu}
 
 
 def prefill_flops(D: int, F: int, H: int, K: int, layers: int, V: int, T: int, kept: int = 1) -> float:
