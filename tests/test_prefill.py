@@ -87,48 +87,52 @@ def test_generation_is_unchanged_by_chunking(models, kind, backend):
 
 @settings(max_examples=12, deadline=None)
 @given(T=st.integers(2, 13), chunk=st.integers(1, 6), past=st.integers(0, 5), kind=st.sampled_from(["cohere", "cohere2"]),
-       backend=st.sampled_from(BACKENDS), cache=st.sampled_from(["none", "dynamic", "static"]))
+       backend=st.sampled_from(BACKENDS), cache=st.sampled_from(["use_cache", "dynamic", "static"]))
 def test_chunked_prefill_equals_one_pass(models, T, chunk, past, kind, backend, cache):
     model = models[kind, backend]
     ids = prompt(past + T, seed=T * 7 + past)
-    if cache == "none":
-        past = 0
+    if cache == "use_cache":  # the forward makes its own cache
+        ids, past = ids[:, past:], 0
     results = []
     for size in (0, chunk):
         model.prefill_chunk_size = size
         kv = None
-        if cache != "none":
+        if cache != "use_cache":
             kv = pycohere.KVCache.for_model(model.config, max_cache_len=past + T + 1, static=cache == "static")
             if past:
                 model(ids[:, :past], past_key_values=kv, use_cache=True)
-        out = model(ids[:, past:], past_key_values=kv, use_cache=kv is not None)
-        results.append((out.logits, kv))
+        out = model(ids[:, past:], past_key_values=kv, use_cache=True)
+        results.append((out.logits, out.past_key_values))
     model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
     (want, kv0), (got, kv1) = results
     close(got, want)
-    if kv0 is not None:  # the same keys and values at the same absolute indices (a sliding layer compacts
-        for a, b in zip(kv0.layers, kv1.layers):  # at other times when chunked: compare what both still hold)
-            assert a.seen == b.seen == past + T
-            first = max(a.start, b.start)
-            if a.window is not None:  # each keeps at least what a future query can see
-                assert first <= a.seen - (a.window - 1)
-            else:
-                assert first == 0
-            close(b.k[:, first - b.start:b.length], a.k[:, first - a.start:a.length])
-            close(b.v[:, first - b.start:b.length], a.v[:, first - a.start:a.length])
+    # the same keys and values at the same absolute indices (a sliding layer compacts at other times when
+    # chunked: compare what both still hold)
+    for a, b in zip(kv0.layers, kv1.layers):
+        assert a.seen == b.seen == past + T
+        first = max(a.start, b.start)
+        if a.window is not None:  # each keeps at least what a future query can see
+            assert first <= max(0, a.seen - (a.window - 1))
+        else:
+            assert first == 0
+        close(b.k[:, first - b.start:b.length], a.k[:, first - a.start:a.length])
+        close(b.v[:, first - b.start:b.length], a.v[:, first - a.start:a.length])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_long_prompt_runs_in_chunks_and_a_short_one_in_one_pass(models, backend, monkeypatch):
+def test_a_long_prompt_with_a_cache_runs_in_chunks(models, backend, monkeypatch):
     model = models["cohere2", backend]
     seen = count_layer_calls(monkeypatch)
     model.prefill_chunk_size = 4
     try:
-        model(prompt(10))
+        model(prompt(10), use_cache=True)
         assert seen == [4] * 3 + [4] * 3 + [2] * 3                       # 3 layers per chunk of 4, 4, 2
         seen.clear()
-        model(prompt(4))
+        model(prompt(4), use_cache=True)
         assert seen == [4] * 3
+        seen.clear()
+        model(prompt(10))                                                # no cache: one pass (see _forward)
+        assert seen == [10] * 3
     finally:
         model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
 
@@ -142,11 +146,11 @@ def test_padded_queries_in_a_public_forward_run_in_one_pass(models, backend, mon
     mask = np.ones_like(ids)
     mask[0, :3] = 0
     model.prefill_chunk_size = 0
-    want = model(ids, attention_mask=mask).logits
+    want = model(ids, attention_mask=mask, use_cache=True).logits
     seen = count_layer_calls(monkeypatch)
     model.prefill_chunk_size = 3
     try:
-        got = model(ids, attention_mask=mask).logits
+        got = model(ids, attention_mask=mask, use_cache=True).logits
     finally:
         model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
     assert seen == [8, 8]
