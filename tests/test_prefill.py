@@ -87,25 +87,28 @@ def test_generation_is_unchanged_by_chunking(models, kind, backend):
 
 @settings(max_examples=12, deadline=None)
 @given(T=st.integers(2, 13), chunk=st.integers(1, 6), past=st.integers(0, 5), kind=st.sampled_from(["cohere", "cohere2"]),
-       backend=st.sampled_from(BACKENDS), cache=st.sampled_from(["use_cache", "dynamic", "static"]))
+       backend=st.sampled_from(BACKENDS), cache=st.sampled_from(["none", "use_cache", "dynamic", "static"]))
 def test_chunked_prefill_equals_one_pass(models, T, chunk, past, kind, backend, cache):
     model = models[kind, backend]
     ids = prompt(past + T, seed=T * 7 + past)
-    if cache == "use_cache":  # the forward makes its own cache
+    if cache in ("none", "use_cache"):  # no cache (a temporary one when chunked) / the forward makes its own
         ids, past = ids[:, past:], 0
     results = []
     for size in (0, chunk):
         model.prefill_chunk_size = size
         kv = None
-        if cache != "use_cache":
+        if cache in ("dynamic", "static"):
             kv = pycohere.KVCache.for_model(model.config, max_cache_len=past + T + 1, static=cache == "static")
             if past:
                 model(ids[:, :past], past_key_values=kv, use_cache=True)
-        out = model(ids[:, past:], past_key_values=kv, use_cache=True)
+        out = model(ids[:, past:], past_key_values=kv, use_cache=cache != "none")
         results.append((out.logits, out.past_key_values))
     model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
     (want, kv0), (got, kv1) = results
     close(got, want)
+    if cache == "none":
+        assert kv0 is None and kv1 is None                               # the temporary cache is not returned
+        return
     # the same keys and values at the same absolute indices (a sliding layer compacts at other times when
     # chunked: compare what both still hold)
     for a, b in zip(kv0.layers, kv1.layers):
@@ -120,7 +123,7 @@ def test_chunked_prefill_equals_one_pass(models, T, chunk, past, kind, backend, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_long_prompt_with_a_cache_runs_in_chunks(models, backend, monkeypatch):
+def test_a_long_prompt_runs_in_chunks_and_a_short_one_in_one_pass(models, backend, monkeypatch):
     model = models["cohere2", backend]
     seen = count_layer_calls(monkeypatch)
     model.prefill_chunk_size = 4
@@ -131,8 +134,8 @@ def test_a_long_prompt_with_a_cache_runs_in_chunks(models, backend, monkeypatch)
         model(prompt(4), use_cache=True)
         assert seen == [4] * 3
         seen.clear()
-        model(prompt(10))                                                # no cache: one pass (see _forward)
-        assert seen == [10] * 3
+        model(prompt(10))                                                # no cache: through a temporary one
+        assert seen == [4] * 3 + [4] * 3 + [2] * 3
     finally:
         model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
 

@@ -35,10 +35,9 @@ from .inputs import (ACTIVATION_MODES, check_cache, check_embeds, check_labels, 
 from .outputs import BaseModelOutputWithPast, CausalLMOutput
 from .params import load_params
 
-#: Prompt tokens per pass through the layers (``prefill_chunk_size``): a long prompt given a KV cache
-#: (generation, ``use_cache=True``) runs chunk by chunk through it (vLLM's and llama.cpp's ``n_ubatch``
-#: chunked prefill), so the MLP's (T, F) activations and each matmul's input stay bounded whatever the
-#: prompt's length. Chosen by
+#: Prompt tokens per pass through the layers (``prefill_chunk_size``): a long prompt runs chunk by chunk
+#: through the KV cache (vLLM's and llama.cpp's ``n_ubatch`` chunked prefill), so the MLP's (T, F)
+#: activations and each matmul's input stay bounded whatever the prompt's length. Chosen by
 #: measurement (BENCHMARKS.md "Prefill (issue 15)"): each chunk widens every weight tile again, so
 #: smaller chunks cost more; 512 rows keep that under a few percent of the matmuls.
 PREFILL_CHUNK_SIZE = 512
@@ -73,8 +72,9 @@ class _Pretrained:
             type (8-bit blocks for quantized GGUF weights), to reproduce llama.cpp's numbers.
         gguf_file: a GGUF file inside the folder or hub repo ``path`` (as transformers); for a repo
             only that file (and its split parts) is downloaded.
-        prefill_chunk_size: prompts longer than this, with a KV cache (generation, use_cache=True), run
-            through the layers this many tokens at a time (activations stay bounded); 0 never chunks;
+        prefill_chunk_size: prompts longer than this run through the layers this many tokens at a time
+            (through the KV cache, a temporary one without past_key_values: activations stay bounded);
+            0 never chunks;
             default ``PREFILL_CHUNK_SIZE``. Results equal an unchunked forward (within 1e-5 relative).
         """
         if kwargs:
@@ -230,15 +230,16 @@ class CohereModel(_Pretrained):
         """The trusted forward: x (B, T, D) embedded inputs -> (B, T, D) after the final LayerNorm.
 
         A prompt longer than ``prefill_chunk_size`` (and no tap, no per-layer outputs, no packed
-        sequences) runs in chunks when there is a cache: every layer for tokens [c0, c1), appending their
-        keys to the cache, then the next chunk. A query's keys are the same either way (the cache holds
-        everything before its chunk; a sliding layer the window - 1 newest), so only summation order
-        changes. A forward without a cache runs in one pass: chunking it would need a cache of every
-        layer's keys and values (2 L K Dh floats per token), more than one layer's activations (~3 F per
-        token) on every Command-R shape (bench shape: 32768 vs 16896; Command R+: 131072 vs 101376)."""
+        sequences) runs in chunks: every layer for tokens [c0, c1), appending their keys to the cache,
+        then the next chunk. A query's keys are the same either way (the cache holds everything before
+        its chunk; a sliding layer the window - 1 newest), so only summation order changes. Without a
+        cache the chunks go through a temporary one (2 L K Dh floats per token), which is still less
+        than the live activations of one pass over every token: 8192 tokens on the bench shape peaked
+        at 3.36 GB in chunks, 3.52 GB in one pass (BENCHMARKS.md "Prefill (issue 15)"), and the gap
+        grows with F / (L K Dh) (Command R+: ~6F + 10D = 325k floats per token against 131k)."""
         chunk = self._prefill_chunk_size
-        if (chunkable and chunk and x.shape[1] > chunk and cache is not None and recorder is None
-                and all_hidden is None and all_attn is None and state.segments is None):
+        if (chunkable and chunk and x.shape[1] > chunk and recorder is None and all_hidden is None
+                and all_attn is None and state.segments is None):
             return self._forward_chunked(x, state, cache, chunk)
         x = L.tap(recorder, "embed_tokens", x)
         if recorder is not None:
@@ -258,6 +259,8 @@ class CohereModel(_Pretrained):
     def _forward_chunked(self, x: np.ndarray, state: ForwardState, cache: KVCache | None, chunk: int) -> np.ndarray:
         B, T, _ = x.shape
         past = int(state.q_index[0])
+        if cache is None:  # the chunks need the keys of the earlier ones: a temporary cache, sized once
+            cache = KVCache.for_model(self.config, max_cache_len=T)
         out = np.empty(x.shape, dtype=x.dtype)                                      # (B, T, D)
         for c0 in range(0, T, chunk):
             c1 = min(c0 + chunk, T)
