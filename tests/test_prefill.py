@@ -86,8 +86,9 @@ def test_generation_is_unchanged_by_chunking(models, kind, backend):
 
 
 @settings(max_examples=12, deadline=None)
-@given(T=st.integers(2, 13), chunk=st.integers(1, 6), past=st.integers(0, 5), kind=st.sampled_from(["cohere", "cohere2"]),
-       backend=st.sampled_from(BACKENDS), cache=st.sampled_from(["none", "use_cache", "dynamic", "static"]))
+@given(T=st.integers(2, 13), chunk=st.integers(1, 6), past=st.integers(0, 5),
+       kind=st.sampled_from(["cohere", "cohere2"]), backend=st.sampled_from(BACKENDS),
+       cache=st.sampled_from(["none", "use_cache", "dynamic", "static"]))
 def test_chunked_prefill_equals_one_pass(models, T, chunk, past, kind, backend, cache):
     model = models[kind, backend]
     ids = prompt(past + T, seed=T * 7 + past)

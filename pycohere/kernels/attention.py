@@ -149,9 +149,10 @@ def flash_attention(q, k, v, q_index, kv_start, kv_valid, window, tile):
 @njit(cache=True, inline="always")
 def exp_nonpositive(x):
     """exp(x) for x <= 0 (a softmax's max-shifted score), float32, in code LLVM vectorises (NumPy's and
-    libm's exp are calls, one value at a time). Cephes ``expf``: x = n ln2 + r with |r| <= ln2 / 2 (ln2
-    split in two, Cody-Waite), a degree-6 polynomial for exp(r), 2^n built from its exponent bits; within
-    a few ulp of exp. Below -87.3 (about float32's smallest normal and -inf, a masked key) it is 0; NaN stays NaN.
+    libm's exp are calls, one value at a time; llama.cpp's ``ggml_v_expf`` in ``ggml/src/ggml-cpu/vec.h``
+    is the same idea in intrinsics). Cephes ``expf``: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in
+    two, Cody-Waite), a degree-6 polynomial for exp(r), 2^n built from its exponent bits; within 4e-7 of
+    exp. Below -87.3 (float32's smallest normals, and -inf: a masked key) it is 0; NaN stays NaN.
     Twin: ``np.exp`` (tests/test_prefill.py)."""
     if x != x:
         return x

@@ -74,8 +74,8 @@ class _Pretrained:
             only that file (and its split parts) is downloaded.
         prefill_chunk_size: prompts longer than this run through the layers this many tokens at a time
             (through the KV cache, a temporary one without past_key_values: activations stay bounded);
-            0 never chunks;
-            default ``PREFILL_CHUNK_SIZE``. Results equal an unchunked forward (within 1e-5 relative).
+            0 never chunks; default ``PREFILL_CHUNK_SIZE``. Results equal an unchunked forward (within
+            1e-5 relative).
         """
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
