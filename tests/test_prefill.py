@@ -219,20 +219,22 @@ def test_blocked_attention_equals_the_spec(seed, B, T, past, kv_start, K, G, win
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), M=st.integers(9, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
-       tile=st.integers(1, 400), storage=st.sampled_from(["BF16", "F16"]))
-def test_tiled_prefill_matmul_equals_the_spec(seed, M, out_dim, in_dim, tile, storage):
-    """Tiles of any size (a single row, a partial last tile, one tile for everything) reuse the thread's
-    buffer and give the spec's x @ widen(W).T."""
+       tile=st.integers(1, 400), row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16"]))
+def test_prefill_matmul_equals_the_spec(seed, M, out_dim, in_dim, tile, row_block, storage):
+    """f16: tiles of any size (a single row, a partial last tile, one tile for everything) reuse the
+    thread's buffer; bf16: gemm_bf16's 4 x 4 tiles with every remainder (M % 4, out % 4, x row blocks of
+    any size). Both give the spec's x @ widen(W).T."""
     rng = np.random.default_rng(seed)
     w32 = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16)
     x = rng.standard_normal((M, in_dim)).astype(np.float32)
-    saved, KD.TILE_ELEMENTS = KD.TILE_ELEMENTS, tile
+    saved = KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK
+    KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK = tile, row_block
     try:
         got = KD.dense_matmul(x, raw, storage)
         again = KD.dense_matmul(x[: M - 1], raw, storage)            # the reused buffer: stale values never leak
     finally:
-        KD.TILE_ELEMENTS = saved
+        KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK = saved
     want = x @ widen(raw, storage).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))

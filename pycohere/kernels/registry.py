@@ -126,7 +126,7 @@ def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
     return engine.logits(x, cos, sin, kv_valid, cache)
 
 
-DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.widen_bf16_into, dense.widen_bf16),
+DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.gemm_bf16, dense.widen_bf16),
                  "F16": (dense.gemv_f16, dense.widen_f16_into, dense.widen_f16), "F32": (dense.gemv_f32,)}
 QUANT_KERNELS = {
     "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),
