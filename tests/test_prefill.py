@@ -305,3 +305,18 @@ def test_prefill_flops_counts_every_matmul_and_visible_pair(folders):
     got = bench.prefill_flops(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
                               c.num_hidden_layers, c.vocab_size, T)
     assert got == want
+
+
+def test_single_threaded_blas_restores_the_count_even_nested_and_on_error():
+    from pycohere.kernels import blas
+    before = blas.blas_threads()
+    if before is None:
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS with a thread API")
+    with pytest.raises(RuntimeError):
+        with blas.single_threaded():
+            assert blas.blas_threads() == 1
+            with blas.single_threaded():
+                assert blas.blas_threads() == 1
+            assert blas.blas_threads() == 1                              # the inner block did not restore
+            raise RuntimeError("inside")
+    assert blas.blas_threads() == before

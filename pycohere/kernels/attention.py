@@ -6,8 +6,12 @@ the keys they can see, the two products by BLAS); ``fused_attention`` picks betw
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
+from .blas import single_threaded
 from .jit import FAST, njit, prange, u32_as_f32
 
 
@@ -170,7 +174,7 @@ def exp_nonpositive(x):
     return p * u32_as_f32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
 
 
-@njit(cache=True, parallel=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen):
     """In place: s (R, N) raw scores q.k of R = G * nq query rows (row r is query ``q_index[r % nq]``)
     against keys ``kv_first .. kv_first + N - 1`` -> their softmax probabilities, masked keys 0.
@@ -178,7 +182,7 @@ def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen)
     none is left 0: its output is the mean of V over all keys, ``blocked_attention``'s to fill).
     Twin: the softmax of ``pycohere.spec.layers.attention`` (scores * scale, masked, max-shifted)."""
     R, N = s.shape
-    for r in prange(R):
+    for r in range(R):  # (serial, without the GIL: blocked_attention runs one per thread)
         qi = q_index[r % nq]
         m = np.float32(-np.inf)
         ok = False
@@ -219,35 +223,57 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
     of them), multiplied by only the keys that block can see (causal: none after its last query;
     Cohere2 windows: none before its first query's window, so masked key blocks cost nothing), softmax
     in ``masked_softmax_rows``, then @ V. Scores never exceed ``SCORE_BLOCK_VALUES`` (the query block
-    shrinks as the visible keys grow). Same arguments and twin as ``decode_attention``."""
+    shrinks as the visible keys grow). The (batch, kv head) jobs run on one thread per core, each
+    calling BLAS single-threaded (``pycohere.kernels.blas``: OpenBLAS's own pool would spin against
+    Numba's afterwards). Same arguments and twin as ``decode_attention``."""
     B, T, H, Dh = q.shape
     S, K = k.shape[1], k.shape[2]
     G = H // K
     scale = np.float32(1.0 / np.sqrt(Dh))
     out = np.empty((B, T, H, Dh), dtype=np.float32)
     nq_max = max(1, min(block, SCORE_BLOCK_VALUES // max(1, G * S)))
-    for b in range(B):
-        for kh in range(K):
-            kb, vb = k[b, :, kh], v[b, :, kh]                         # (S, Dh) each
-            mean_v = None
-            for t0 in range(0, T, nq_max):
-                t1 = min(t0 + nq_max, T)
-                nq = t1 - t0
-                hi = min(S, int(q_index[t1 - 1]) - kv_start + 1)       # causal: no key after the last query
-                lo = 0 if window == 0 else max(0, int(q_index[t0]) - window + 1 - kv_start)
-                hi = max(hi, lo)
-                qb = q[b, t0:t1, kh * G:(kh + 1) * G].transpose(1, 0, 2).reshape(G * nq, Dh)  # (G*nq, Dh)
-                scores = qb @ kb[lo:hi].T                              # (G*nq, hi-lo)
-                seen = np.empty(G * nq, dtype=np.bool_)
-                masked_softmax_rows(scores, q_index[t0:t1], nq, kv_start + lo, kv_valid[b, lo:hi], window, scale,
-                                    seen)
-                o = scores @ vb[lo:hi]                                 # (G*nq, Dh)
-                if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys
-                    if mean_v is None:
-                        mean_v = vb.astype(np.float32).mean(axis=0) if S else np.zeros(Dh, np.float32)
-                    o[~seen] = mean_v
-                out[b, t0:t1, kh * G:(kh + 1) * G] = o.reshape(G, nq, Dh).transpose(1, 0, 2)
+
+    def job(b, kh):
+        kb, vb = k[b, :, kh], v[b, :, kh]                             # (S, Dh) each
+        mean_v = None
+        for t0 in range(0, T, nq_max):
+            t1 = min(t0 + nq_max, T)
+            nq = t1 - t0
+            hi = min(S, int(q_index[t1 - 1]) - kv_start + 1)           # causal: no key after the last query
+            lo = 0 if window == 0 else max(0, int(q_index[t0]) - window + 1 - kv_start)
+            hi = max(hi, lo)
+            qb = q[b, t0:t1, kh * G:(kh + 1) * G].transpose(1, 0, 2).reshape(G * nq, Dh)  # (G*nq, Dh)
+            scores = qb @ kb[lo:hi].T                                  # (G*nq, hi-lo)
+            seen = np.empty(G * nq, dtype=np.bool_)
+            masked_softmax_rows(scores, q_index[t0:t1], nq, kv_start + lo, kv_valid[b, lo:hi], window, scale,
+                                seen)
+            o = scores @ vb[lo:hi]                                     # (G*nq, Dh)
+            if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys
+                if mean_v is None:
+                    mean_v = vb.astype(np.float32).mean(axis=0) if S else np.zeros(Dh, np.float32)
+                o[~seen] = mean_v
+            out[b, t0:t1, kh * G:(kh + 1) * G] = o.reshape(G, nq, Dh).transpose(1, 0, 2)
+
+    jobs = [(b, kh) for b in range(B) for kh in range(K)]
+    workers = min(len(jobs), _cores())
+    with single_threaded():
+        if workers <= 1:
+            for b, kh in jobs:
+                job(b, kh)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for f in [pool.submit(job, b, kh) for b, kh in jobs]:
+                    f.result()
     return out
+
+
+def _cores() -> int:
+    """Threads for blocked_attention: Numba's thread count (the user's NUMBA_NUM_THREADS), else the CPUs."""
+    try:
+        import numba
+        return max(1, int(numba.get_num_threads()))
+    except Exception:  # pragma: no cover - numba always importable here
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 FLASH_TILE = 64
