@@ -38,8 +38,9 @@ from .params import load_params
 #: Prompt tokens per pass through the layers (``prefill_chunk_size``): a long prompt runs chunk by chunk
 #: through the KV cache (vLLM's and llama.cpp's ``n_ubatch`` chunked prefill), so the MLP's (T, F)
 #: activations and each matmul's input stay bounded whatever the prompt's length. Chosen by
-#: measurement (BENCHMARKS.md "Prefill (issue 15)"): each chunk widens every weight tile again, so
-#: smaller chunks cost more; 512 rows keep that under a few percent of the matmuls.
+#: measurement (BENCHMARKS.md "Prefill (issue 15)"): 512-row products run as fast per row as longer
+#: ones, 128-row ones slower, and f16 / quantized weights are widened to tiles again for each chunk
+#: (2-3 % of the matmuls at 512).
 PREFILL_CHUNK_SIZE = 512
 
 HUB_ARGS = ("revision", "cache_dir", "local_files_only", "token", "gguf_file")
