@@ -38,9 +38,9 @@ from .params import load_params
 #: Prompt tokens per pass through the layers (``prefill_chunk_size``): a long prompt runs chunk by chunk
 #: through the KV cache (vLLM's and llama.cpp's ``n_ubatch`` chunked prefill), so the MLP's (T, F)
 #: activations and each matmul's input stay bounded whatever the prompt's length. Chosen by
-#: measurement (BENCHMARKS.md "Prefill (issue 15)"): 512-row products run as fast per row as longer
-#: ones, 128-row ones slower, and f16 / quantized weights are widened to tiles again for each chunk
-#: (2-3 % of the matmuls at 512).
+#: measurement (BENCHMARKS.md "Prefill (issue 15)"): f16 / quantized weights are widened to tiles again
+#: for each chunk (2-3 % of the matmuls at 512) and their BLAS products are 13 % faster per row at 512
+#: rows than at 128; bf16's gemm_bf16 runs alike at both.
 PREFILL_CHUNK_SIZE = 512
 
 HUB_ARGS = ("revision", "cache_dir", "local_files_only", "token", "gguf_file")
