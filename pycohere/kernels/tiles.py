@@ -5,8 +5,9 @@ Why a reused buffer of about a MiB, not a fresh 16 MiB tile per call: a fresh la
 new anonymous mapping, and its first write page-faults every 4 KiB page (the kernel zeroes each), which
 cost as much as the widening itself; a tile that stays in L2/L3 is also still there when BLAS packs it.
 Measured in BENCHMARKS.md "Prefill (issue 15)": a 128-token gate/up projection (5632 x 2048 bf16) went
-from 27.6 ms to ~15 ms, which is BLAS alone on a float32 copy. (llama.cpp converts in registers
-instead, ``ggml/src/ggml-cpu/llamafile/sgemm.cpp``; here BLAS does the compute-bound part.)
+from 27.6 ms to ~15 ms, which is BLAS alone on a float32 copy. bf16 weights skip the tiles altogether
+(``pycohere.kernels.dense.gemm_bf16`` widens in registers, as llama.cpp's
+``ggml/src/ggml-cpu/llamafile/sgemm.cpp``); f16 and quantized weights come here.
 """
 from __future__ import annotations
 
