@@ -79,6 +79,9 @@ def test_attention_kernels_equal_spec(B, T, past, heads, Dh, window, pad, data):
         got = kernel(*args, np.int64(data.draw(st.sampled_from([1, 3, 64])))) if kernel is KA.flash_attention \
             else kernel(*args)
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+    got = KA.blocked_attention(q, k, v, q_index, start, kv_valid, window or 0,
+                               block=data.draw(st.sampled_from([1, 3, 64])))
+    np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.skipif(NO_JIT, reason="this is the launcher of the NUMBA_DISABLE_JIT run itself")
@@ -98,7 +101,8 @@ def test_nan_scores_propagate_like_the_spec():
     idx = np.arange(6)
     ref = L.attention(q, k, v, L.attention_mask(idx, idx, None, None))
     args = (q, k, v, idx, np.int64(0), np.ones((1, 6), bool), np.int64(0))
-    for got in (KA.decode_attention(*args), KA.flash_attention(*args, np.int64(4))):
+    for got in (KA.decode_attention(*args), KA.flash_attention(*args, np.int64(4)),
+                KA.blocked_attention(q, k, v, idx, 0, np.ones((1, 6), bool), 0, block=4)):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
         assert np.isnan(ref).all()  # key 0 is visible to every query
 

@@ -239,6 +239,125 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+# --- prefill FLOP/s against the machine's peak (issue 15) ------------------------------------------
+def fma_probe_ir(lanes: int, chains: int) -> str:
+    """LLVM IR of ``probe(n, m, k)``: ``chains`` independent vector FMAs (``llvm.fma.v<lanes>f32``) per
+    iteration, n iterations; the chains are summed at the end so none is dead code."""
+    vt = f"<{lanes} x float>"
+    phis = "\n".join(f"  %a{c} = phi {vt} [ %m, %entry ], [ %b{c}, %loop ]" for c in range(chains))
+    fmas = "\n".join(f"  %b{c} = call {vt} @llvm.fma.v{lanes}f32({vt} %a{c}, {vt} %m, {vt} %k)" for c in range(chains))
+    sums = "\n".join(f"  %s{c} = fadd {vt} %s{c - 1}, %b{c}" for c in range(1, chains))
+    return f"""
+declare {vt} @llvm.fma.v{lanes}f32({vt}, {vt}, {vt})
+define float @probe(i64 %n, float %x, float %y) {{
+entry:
+  %x0 = insertelement {vt} undef, float %x, i32 0
+  %m = shufflevector {vt} %x0, {vt} undef, <{lanes} x i32> zeroinitializer
+  %y0 = insertelement {vt} undef, float %y, i32 0
+  %k = shufflevector {vt} %y0, {vt} undef, <{lanes} x i32> zeroinitializer
+  br label %loop
+loop:
+  %i = phi i64 [ 0, %entry ], [ %j, %loop ]
+{phis}
+{fmas}
+  %j = add i64 %i, 1
+  %c = icmp ult i64 %j, %n
+  br i1 %c, label %loop, label %done
+done:
+  %s0 = fadd {vt} %b0, zeroinitializer
+{sums}
+  %r = extractelement {vt} %s{chains - 1}, i32 0
+  ret float %r
+}}"""
+
+
+def compile_fma_probe():
+    """(probe(n, m, k) -> float, lanes, cpu name, the engine that owns the code) for this CPU."""
+    import ctypes
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    features = llvm.get_host_cpu_features().flatten()
+    lanes = 16 if "+avx512f" in features else 8 if "+avx" in features else 4
+    tm = llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(), features=features,
+                                                                   opt=2)
+    mod = llvm.parse_assembly(fma_probe_ir(lanes, FMA_CHAINS))
+    mod.verify()
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    probe = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64, ctypes.c_float, ctypes.c_float)(
+        engine.get_function_address("probe"))
+    return probe, lanes, llvm.get_host_cpu_name(), engine
+
+
+FMA_CHAINS = 12  # independent accumulators: more than FMA latency x units (4 x 2), fewer than registers
+
+
+def fma_peak_gflops(seconds: float = 0.25, reps: int = 5) -> dict:
+    """The machine's float32 peak, measured: cores x FMA units x lanes x 2 x clock, as the best of
+    ``reps`` runs of an FMA-only loop (llvmlite-compiled for this CPU: AVX-512 -> 16 lanes) on every
+    core at once (one thread per core; ctypes releases the GIL)."""
+    import threading
+    probe, lanes, cpu, _engine = compile_fma_probe()
+    n = 1 << 16
+    t = time.perf_counter()
+    probe(n, 1.0, 0.0)
+    n = max(n, int(n * seconds / max(time.perf_counter() - t, 1e-9)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    best = 0.0
+    for _ in range(reps):
+        threads = [threading.Thread(target=probe, args=(n, 1.0, 0.0)) for _ in range(cores)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        best = max(best, cores * n * FMA_CHAINS * lanes * 2 / (time.perf_counter() - t) / 1e9)
+    return {"peak_gflops": best, "cores": cores, "lanes": lanes, "cpu": cpu}
+
+
+def prefill_flops(D: int, F: int, H: int, K: int, layers: int, V: int, T: int, kept: int = 1) -> float:
+    """FLOPs (a multiply-add = 2) of a T-token prefill with a causal mask and ``kept`` logits rows:
+    per layer q/k/v/o + gate/up/down matmuls, QK^T and PV over T(T+1)/2 visible pairs per head; the head."""
+    Dh = D // H
+    linear = 2 * T * (D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F)
+    attention = 2 * 2 * H * Dh * T * (T + 1) // 2
+    return float(layers * (linear + attention) + 2 * kept * D * V)
+
+
+def openblas_core() -> str:
+    """The kernel family NumPy's OpenBLAS runs (``OPENBLAS_CORETYPE`` forces it; the env var is shown)."""
+    import ctypes
+    import glob
+    import numpy as np
+    name = "unknown"
+    for lib in glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "*openblas*")):
+        for sym in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(ctypes.CDLL(lib), sym, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                name = fn().decode()
+                break
+    return f"{name} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})"
+
+
+def prefill_flops_report(impls, results, args, peak: dict) -> list[str]:
+    """Lines: each impl's prefill GFLOP/s (median of reps) and its fraction of the measured peak."""
+    lines = [f"- FMA probe: peak {peak['peak_gflops']:.0f} GFLOP/s float32 ({peak['cores']} cores x "
+             f"{peak['lanes']} lanes x 2 x FMA units x clock, {peak['cpu']}); NumPy's OpenBLAS: {openblas_core()}"]
+    shape = (args.hidden, args.intermediate, args.heads, args.kv_heads, args.layers, args.vocab)
+    for impl in impls:
+        parts = []
+        for key, T in (("prefill_short_s", args.prompt), ("prefill_long_s", args.long_prompt)):
+            s = summarise(results[impl], key)
+            if s is not None and T:
+                gf = prefill_flops(*shape, T) / s[0] / 1e9
+                parts.append(f"{T} tokens {gf:.0f} GFLOP/s ({gf / peak['peak_gflops']:.0%} of peak)")
+        if parts:
+            lines.append(f"- prefill FLOP/s {impl}: " + ", ".join(parts))
+    return lines
+
+
 def summarise(results: list[dict], key: str):
     vals = [r[key] for r in results if key in r]
     if not vals:
@@ -306,6 +425,7 @@ def main(argv=None):
             print(f"rep {rep} {impl}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in r.items()), file=sys.stderr)
     m = machine()
+    peak = fma_peak_gflops()  # (issue 15: prefill FLOP/s against the measured peak, printed below the table)
     bw = statistics.median(bws)
     print(f"\nCommand: `python tools/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ")
     print(f"Machine: {m['cpu']}, {m['cores']} cores, flags {m['flags']}; BLAS {m['blas']}; "
@@ -341,6 +461,7 @@ def main(argv=None):
         for impl, path in paths.items():
             print(f"- {impl}: {path}")
         print()
+    print("\n".join(prefill_flops_report(impls, results, args, peak)))
     # Side-by-side ratios: per repetition (the two ran back to back), then the median and range.
     base = impls[0]
     for impl in impls[1:]:

@@ -1,13 +1,18 @@
 """Numba attention kernels: the fast twins of ``pycohere.spec.layers.attention`` with its mask rules.
 
-``decode_attention`` (a few queries, one pass over the cache) and ``flash_attention`` (tiled, with an
-online softmax: no (H, T, S) score tensor); ``fused_attention`` picks between them.
+``decode_attention`` (a few queries, one pass over the cache), ``flash_attention`` (tiled, with an
+online softmax: no (H, T, S) score tensor) and ``blocked_attention`` (prefill: query blocks against only
+the keys they can see, the two products by BLAS); ``fused_attention`` picks between them.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from .jit import FAST, njit, prange
+from .blas import single_threaded
+from .jit import FAST, njit, prange, u32_as_f32
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -145,12 +150,140 @@ def flash_attention(q, k, v, q_index, kv_start, kv_valid, window, tile):
     return out
 
 
+@njit(cache=True, inline="always")
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (a softmax's max-shifted score), float32, in code LLVM vectorises (NumPy's and
+    libm's exp are calls, one value at a time; llama.cpp's ``ggml_v_expf`` in ``ggml/src/ggml-cpu/vec.h``
+    is the same idea in intrinsics). Cephes ``expf``: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in
+    two, Cody-Waite), a degree-6 polynomial for exp(r), 2^n built from its exponent bits; within 4e-7 of
+    exp. Below -87.3 (float32's smallest normals, and -inf: a masked key) it is 0; NaN stays NaN.
+    Twin: ``np.exp`` (tests/test_prefill.py)."""
+    if x != x:
+        return x
+    if x < np.float32(-87.3):
+        return np.float32(0.0)
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * u32_as_f32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen):
+    """In place: s (R, N) raw scores q.k of R = G * nq query rows (row r is query ``q_index[r % nq]``)
+    against keys ``kv_first .. kv_first + N - 1`` -> their softmax probabilities, masked keys 0.
+    ``kv_valid`` (N,) padding of those keys; ``seen[r]``: whether row r saw any key (a row that saw
+    none is left 0: its output is the mean of V over all keys, ``blocked_attention``'s to fill).
+    Twin: the softmax of ``pycohere.spec.layers.attention`` (scores * scale, masked, max-shifted)."""
+    R, N = s.shape
+    for r in range(R):  # (serial, without the GIL: blocked_attention runs one per thread)
+        qi = q_index[r % nq]
+        m = np.float32(-np.inf)
+        ok = False
+        for j in range(N):
+            ki = kv_first + j
+            if ki <= qi and kv_valid[j] and (window == 0 or qi - ki < window):
+                x = s[r, j] * scale
+                s[r, j] = x
+                if x > m or x != x:  # NaN wins, as in the spec's max
+                    m = x
+                ok = True
+            else:
+                s[r, j] = -np.inf
+        seen[r] = ok
+        if not ok:
+            for j in range(N):
+                s[r, j] = 0.0
+            continue
+        total = np.float32(0.0)
+        for j in range(N):  # masked keys: exp(-inf) = 0
+            e = exp_nonpositive(s[r, j] - m)
+            s[r, j] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for j in range(N):
+            s[r, j] *= inv
+
+
+#: blocked_attention's score block: at most this many values per (query block x visible keys) product
+#: (8 MiB of float32), whatever the prompt's length or the number of query heads per kv head.
+SCORE_BLOCK_VALUES = 1 << 21
+ATTENTION_QUERY_BLOCK = 256
+
+
+def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENTION_QUERY_BLOCK):
+    """Prefill attention with BLAS: for each (batch, kv head, block of queries) the G query heads that
+    share the kv head are stacked into one (G * nq, Dh) matrix (GQA: each K/V block is read once for all
+    of them), multiplied by only the keys that block can see (causal: none after its last query;
+    Cohere2 windows: none before its first query's window, so masked key blocks cost nothing), softmax
+    in ``masked_softmax_rows``, then @ V. Scores never exceed ``SCORE_BLOCK_VALUES`` (the query block
+    shrinks as the visible keys grow). The (batch, kv head) jobs run on one thread per core, each
+    calling BLAS single-threaded (``pycohere.kernels.blas``: OpenBLAS's own pool would spin against
+    Numba's afterwards). Same arguments and twin as ``decode_attention``."""
+    B, T, H, Dh = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    scale = np.float32(1.0 / np.sqrt(Dh))
+    out = np.empty((B, T, H, Dh), dtype=np.float32)
+    nq_max = max(1, min(block, SCORE_BLOCK_VALUES // max(1, G * S)))
+
+    def job(b, kh):
+        kb, vb = k[b, :, kh], v[b, :, kh]                             # (S, Dh) each
+        mean_v = None
+        for t0 in range(0, T, nq_max):
+            t1 = min(t0 + nq_max, T)
+            nq = t1 - t0
+            hi = min(S, int(q_index[t1 - 1]) - kv_start + 1)           # causal: no key after the last query
+            lo = 0 if window == 0 else max(0, int(q_index[t0]) - window + 1 - kv_start)
+            hi = max(hi, lo)
+            qb = q[b, t0:t1, kh * G:(kh + 1) * G].transpose(1, 0, 2).reshape(G * nq, Dh)  # (G*nq, Dh)
+            scores = qb @ kb[lo:hi].T                                  # (G*nq, hi-lo)
+            seen = np.empty(G * nq, dtype=np.bool_)
+            masked_softmax_rows(scores, q_index[t0:t1], nq, kv_start + lo, kv_valid[b, lo:hi], window, scale,
+                                seen)
+            o = scores @ vb[lo:hi]                                     # (G*nq, Dh)
+            if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys
+                if mean_v is None:
+                    mean_v = vb.astype(np.float32).mean(axis=0) if S else np.zeros(Dh, np.float32)
+                o[~seen] = mean_v
+            out[b, t0:t1, kh * G:(kh + 1) * G] = o.reshape(G, nq, Dh).transpose(1, 0, 2)
+
+    jobs = [(b, kh) for b in range(B) for kh in range(K)]
+    workers = min(len(jobs), _cores())
+    with single_threaded():
+        if workers <= 1:
+            for b, kh in jobs:
+                job(b, kh)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for f in [pool.submit(job, b, kh) for b, kh in jobs]:
+                    f.result()
+    return out
+
+
+def _cores() -> int:
+    """Threads for blocked_attention: Numba's thread count (the user's NUMBA_NUM_THREADS), else the CPUs."""
+    try:
+        import numba
+        return max(1, int(numba.get_num_threads()))
+    except Exception:  # pragma: no cover - numba always importable here
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 FLASH_TILE = 64
 DECODE_MAX_QUERIES = 4
 
 
 def fused_attention(q, k, v, q_index, kv_start, kv_valid, window):
-    """Dispatch: decode (a few queries) -> one pass; prefill -> tiled online softmax."""
+    """Dispatch: decode (a few queries) -> one pass; prefill -> query blocks with BLAS
+    (``blocked_attention``: measured 10x the tiled online softmax's FLOP/s, BENCHMARKS.md "Prefill
+    (issue 15)")."""
     B, S = k.shape[0], k.shape[1]
     valid = np.ones((B, S), dtype=np.bool_) if kv_valid is None else np.ascontiguousarray(kv_valid)
     args = (np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(k, dtype=np.float32),
@@ -158,4 +291,4 @@ def fused_attention(q, k, v, q_index, kv_start, kv_valid, window):
             np.int64(kv_start), valid, np.int64(window or 0))
     if q.shape[1] <= DECODE_MAX_QUERIES:
         return decode_attention(*args)
-    return flash_attention(*args, np.int64(FLASH_TILE))
+    return blocked_attention(args[0], args[1], args[2], args[3], int(kv_start), args[5], int(window or 0))

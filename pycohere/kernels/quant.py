@@ -33,6 +33,7 @@ import numpy as np
 from ..constants import TILE_ELEMENTS
 from ..quant.schemes import FP4_TABLE, INV127, NF4_TABLE, QuantizedTensor
 from . import hf, iquant, kquant
+from .tiles import tiled_matmul
 from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, ROWS_PER_JOB as CHUNK, f16_at, njit, prange
 from .rows import row_int4, row_int8, row_nf4, row_q4_0, row_q4_1, row_q8_0
 
@@ -277,11 +278,13 @@ def _gemv(x2: np.ndarray, a: dict, scheme: str) -> np.ndarray | None:
     return None if kernel is None else kernel(x2, _readonly(a))
 
 
-def dequantize_rows(t: QuantizedTensor, index) -> np.ndarray:
-    """Rows ``index`` (a slice or int64 ids) of ``t`` as float32 [k, in], equal to the spec."""
+def dequantize_rows(t: QuantizedTensor, index, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``index`` (a slice or int64 ids) of ``t`` as float32 [k, in], equal to the spec; written into
+    ``out`` (k, in) when given (a prefill tile)."""
     a = _readonly({name: arr[index] for name, arr in t.arrays.items()})
     rows = next(iter(a.values())).shape[0]
-    out = np.empty((rows, t.shape[1]), dtype=np.float32)
+    if out is None:
+        out = np.empty((rows, t.shape[1]), dtype=np.float32)
     if rows == 0:
         return out
     kernel = DEQUANT_KERNELS.get(t.scheme)
@@ -296,7 +299,8 @@ def quantized_matmul(x: np.ndarray, t: QuantizedTensor) -> np.ndarray:
     """x (..., in) float32 @ dequantize(t).T -> (..., out) float32.
 
     Decode (few rows): the scheme's GEMV, reading the packed weights once. Prefill: tiles of rows
-    dequantized in Numba and multiplied by BLAS (compute bound, so the unpacking is amortised).
+    dequantized in Numba into a reused buffer and multiplied by BLAS (compute bound, so the unpacking
+    is amortised; ``pycohere.kernels.tiles``).
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
@@ -305,11 +309,9 @@ def quantized_matmul(x: np.ndarray, t: QuantizedTensor) -> np.ndarray:
         y = _gemv(x2, t.arrays, t.scheme)
         if y is not None:
             return y.reshape(lead + (out_dim,))
-    out = np.empty((x2.shape[0], out_dim), dtype=np.float32)
-    step = max(1, TILE_ELEMENTS // t.shape[1])
-    for r in range(0, out_dim, step):
-        tile = dequantize_rows(t, slice(r, r + step))
-        out[:, r:r + step] = x2 @ tile.T  # (matmul into a strided out= slice skips BLAS: copy instead)
+    def fill(r0, r1, tile):
+        dequantize_rows(t, slice(r0, r1), tile)
+    out = tiled_matmul(x2, out_dim, t.shape[1], fill, TILE_ELEMENTS)
     return out.reshape(lead + (out_dim,))
 
 

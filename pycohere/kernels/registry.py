@@ -78,6 +78,11 @@ def _fast_flash_attention(q, k, v, q_index, kv_start, kv_valid, window):
                                      np.int64(attention.FLASH_TILE))
 
 
+def _fast_blocked_attention(q, k, v, q_index, kv_start, kv_valid, window):
+    # query blocks of 4: the twin test's prompts (up to 12 queries) span several blocks and windows
+    return attention.blocked_attention(q, k, v, q_index, int(kv_start), kv_valid, int(window), block=4)
+
+
 def _spec_round_q8_0(x):
     return round_q8_0(x)
 
@@ -148,8 +153,8 @@ def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
     return engine.logits(x, cos, sin, kv_valid, cache)
 
 
-DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.widen_bf16), "F16": (dense.gemv_f16, dense.widen_f16),
-                 "F32": (dense.gemv_f32,)}
+DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.gemm_bf16, dense.widen_bf16),
+                 "F16": (dense.gemv_f16, dense.widen_f16_into, dense.widen_f16), "F32": (dense.gemv_f32,)}
 QUANT_KERNELS = {
     "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),
     "int4-asym": (quant.gemv_int4, quant.dequant_int4_asym), "nf4": (quant.gemv_nf4, quant.dequant_nf4),
@@ -167,7 +172,7 @@ def _twins() -> tuple[Twin, ...]:
     twins = []
     for storage, kernels in DENSE_KERNELS.items():
         twins.append(Twin(f"matmul/{storage}", "matmul", storage, _spec_matmul, _fast_matmul, kernels))
-        twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, kernels[1:]))
+        twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, kernels[2:]))
     kq = {"q4_k": (kquant.gemv_q4_k, kquant.dequant_q4_k), "q6_k": (kquant.gemv_q6_k, kquant.dequant_q6_k),
           "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),
           "q3_k": (kquant.dequant_q3_k,), "q5_k": (kquant.dequant_q5_k,)}
@@ -191,6 +196,8 @@ def _twins() -> tuple[Twin, ...]:
              (attention.decode_attention,), "softmax"),
         Twin("attention/flash", "attention", "float32", _spec_attention, _fast_flash_attention,
              (attention.flash_attention,), "softmax"),
+        Twin("attention/blocked", "attention", "float32", _spec_attention, _fast_blocked_attention,
+             (attention.masked_softmax_rows,), "softmax"),
         Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (int8_dot.quantize_q8_0_rows,)),
         Twin("round/q8_k", "round", "q8_k", _spec_round_q8_k, _fast_round_q8_k, (iquant.quantize_q8_k_rows,)),
         Twin("permute/int4", "permute", "int4", _spec_permute, _fast_permute, (hf.permute_codes,)),

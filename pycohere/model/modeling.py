@@ -35,6 +35,14 @@ from .inputs import (ACTIVATION_MODES, check_cache, check_embeds, check_labels, 
 from .outputs import BaseModelOutputWithPast, CausalLMOutput
 from .params import load_params
 
+#: Prompt tokens per pass through the layers (``prefill_chunk_size``): a long prompt runs chunk by chunk
+#: through the KV cache (vLLM's and llama.cpp's ``n_ubatch`` chunked prefill), so the MLP's (T, F)
+#: activations and each matmul's input stay bounded whatever the prompt's length. Chosen by
+#: measurement (BENCHMARKS.md "Prefill (issue 15)"): f16 / quantized weights are widened to tiles again
+#: for each chunk (2-3 % of the matmuls at 512) and their BLAS products are 13 % faster per row at 512
+#: rows than at 128; bf16's gemm_bf16 runs alike at both.
+PREFILL_CHUNK_SIZE = 512
+
 HUB_ARGS = ("revision", "cache_dir", "local_files_only", "token", "gguf_file")
 
 
@@ -46,7 +54,8 @@ class _Pretrained:
                         materialize: bool = False, config=None, revision: str | None = None,
                         cache_dir=None, local_files_only: bool | None = None, token=None,
                         quantization_config=None, load_in_8bit: bool = False, load_in_4bit: bool = False,
-                        activations: str = "float32", gguf_file: str | None = None, **kwargs):
+                        activations: str = "float32", gguf_file: str | None = None,
+                        prefill_chunk_size: int | None = None, **kwargs):
         """Load a checkpoint folder (config.json + safetensors, single or sharded), a GGUF file, a hub repo
         id (fetched into the standard hub cache; ``HF_HUB_OFFLINE=1`` uses the cache only) or a
         ``pycohere.checkpoints.Probe`` of one.
@@ -64,6 +73,10 @@ class _Pretrained:
             type (8-bit blocks for quantized GGUF weights), to reproduce llama.cpp's numbers.
         gguf_file: a GGUF file inside the folder or hub repo ``path`` (as transformers); for a repo
             only that file (and its split parts) is downloaded.
+        prefill_chunk_size: prompts longer than this run through the layers this many tokens at a time
+            (through the KV cache, a temporary one without past_key_values: activations stay bounded);
+            0 never chunks; default ``PREFILL_CHUNK_SIZE``. Results equal an unchunked forward (within
+            1e-5 relative).
         """
         if kwargs:
             raise InputError(f"unexpected from_pretrained argument(s): {', '.join(sorted(kwargs))}")
@@ -79,8 +92,11 @@ class _Pretrained:
         dt = resolve_dtype(dtype)
         backend = resolve_backend(backend)
         source = found.open_weights(quantization, config)
-        return cls(config, load_params(source, config, dt, backend, materialize, activations), dtype=dt,
-                   backend=backend, checkpoint=source, probe=found)
+        model = cls(config, load_params(source, config, dt, backend, materialize, activations), dtype=dt,
+                    backend=backend, checkpoint=source, probe=found)
+        if prefill_chunk_size is not None:
+            model.prefill_chunk_size = prefill_chunk_size
+        return model
 
 
 class CohereModel(_Pretrained):
@@ -105,6 +121,19 @@ class CohereModel(_Pretrained):
         self._decoder = DecodeEngine.build(params, self.dims) if self._fast else None
         self._inv_freq: tuple | None = None  # (inv_freq, attention_factor) when it does not depend on length
         self._warned_long = False
+        self.prefill_chunk_size = PREFILL_CHUNK_SIZE
+
+    @property
+    def prefill_chunk_size(self) -> int:
+        """Prompt tokens per pass through the layers; 0: the whole prompt in one pass."""
+        return self._prefill_chunk_size
+
+    @prefill_chunk_size.setter
+    def prefill_chunk_size(self, n) -> None:
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+            raise InputError(f"prefill_chunk_size must be an int >= 0 (tokens per prefill pass, 0 = no "
+                             f"chunking), got {n!r}")
+        self._prefill_chunk_size = int(n)
 
     # -- per-layer attention kind -----------------------------------------------------------
     def layer_uses_rope(self, i: int) -> bool:
@@ -185,7 +214,11 @@ class CohereModel(_Pretrained):
                                         inputs_embeds)
         all_hidden = [x] if output_hidden_states else None
         all_attn = [] if output_attentions else None
-        h = self._forward(x, state, cache, tap, all_hidden, all_attn)
+        # a padded query sees no key: the spec gives it the mean of V over all S keys, which a chunk
+        # (fewer keys) cannot reproduce, so a public forward over padded queries runs in one pass
+        # (generation keeps only the last, never padded, position and always chunks)
+        chunkable = state.kv_valid is None or bool(state.kv_valid[:, int(state.q_index[0]):].all())
+        h = self._forward(x, state, cache, tap, all_hidden, all_attn, chunkable=chunkable)
         if output_hidden_states:
             all_hidden[-1] = h  # as transformers: the last hidden state is taken after the final norm
         return BaseModelOutputWithPast(h, cache if use_cache or past_key_values is not None else None,
@@ -193,8 +226,22 @@ class CohereModel(_Pretrained):
                                        tuple(all_attn) if all_attn is not None else None)
 
     def _forward(self, x: np.ndarray, state: ForwardState, cache: KVCache | None, recorder=None,
-                 all_hidden: list | None = None, all_attn: list | None = None) -> np.ndarray:
-        """The trusted forward: x (B, T, D) embedded inputs -> (B, T, D) after the final LayerNorm."""
+                 all_hidden: list | None = None, all_attn: list | None = None,
+                 chunkable: bool = True) -> np.ndarray:
+        """The trusted forward: x (B, T, D) embedded inputs -> (B, T, D) after the final LayerNorm.
+
+        A prompt longer than ``prefill_chunk_size`` (and no tap, no per-layer outputs, no packed
+        sequences) runs in chunks: every layer for tokens [c0, c1), appending their keys to the cache,
+        then the next chunk. A query's keys are the same either way (the cache holds everything before
+        its chunk; a sliding layer the window - 1 newest), so only summation order changes. Without a
+        cache the chunks go through a temporary one (2 L K Dh floats per token), which is still less
+        than the live activations of one pass over every token: 8192 tokens on the bench shape peaked
+        at 3.36 GB in chunks, 3.52 GB in one pass (BENCHMARKS.md "Prefill (issue 15)"), and the gap
+        grows with F / (L K Dh) (Command R+: ~6F + 10D = 325k floats per token against 131k)."""
+        chunk = self._prefill_chunk_size
+        if (chunkable and chunk and x.shape[1] > chunk and recorder is None and all_hidden is None
+                and all_attn is None and state.segments is None):
+            return self._forward_chunked(x, state, cache, chunk)
         x = L.tap(recorder, "embed_tokens", x)
         if recorder is not None:
             state.cos = L.tap(recorder, "rope_cos", state.cos)
@@ -209,6 +256,19 @@ class CohereModel(_Pretrained):
             if all_hidden is not None:
                 all_hidden.append(x)
         return L.tap(recorder, "norm", L.layer_norm(x, self.params.norm, self.dims.eps))
+
+    def _forward_chunked(self, x: np.ndarray, state: ForwardState, cache: KVCache | None, chunk: int) -> np.ndarray:
+        B, T, _ = x.shape
+        past = int(state.q_index[0])
+        if cache is None:  # the chunks need the keys of the earlier ones: a temporary cache, sized once
+            cache = KVCache.for_model(self.config, max_cache_len=T)
+        out = np.empty(x.shape, dtype=x.dtype)                                      # (B, T, D)
+        for c0 in range(0, T, chunk):
+            c1 = min(c0 + chunk, T)
+            sub = ForwardState(state.cos[:, c0:c1], state.sin[:, c0:c1], state.q_index[c0:c1],
+                               None if state.kv_valid is None else state.kv_valid[:, :past + c1])
+            out[:, c0:c1] = self._forward(x[:, c0:c1], sub, cache, chunkable=False)
+        return out
 
 
 def _no_cache(k, v):
@@ -304,6 +364,15 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
             return m._decoder.logits(x, state.cos[:, 0], state.sin[:, 0], kv_valid, cache)
         h = m._forward(m._embed(ids), state, cache)                                  # (B, T, D)
         return L.lm_head(h[:, -1], self.params.lm_head, self.config.logit_scale)    # (B, V)
+
+    @property
+    def prefill_chunk_size(self) -> int:
+        """Prompt tokens per pass through the layers (``CohereModel.prefill_chunk_size``)."""
+        return self.model.prefill_chunk_size
+
+    @prefill_chunk_size.setter
+    def prefill_chunk_size(self, n) -> None:
+        self.model.prefill_chunk_size = n
 
 
 class Cohere2Model(CohereModel):

@@ -168,7 +168,9 @@ class TensorParallelCohereModel(CohereModel):
         """Σ_r p_r over every rank of the group: all-gather, then the sum in rank order (reproducible)."""
         return sum_in_rank_order(self.comm.allgather(partials, [partials[0].shape] * self.comm.size))
 
-    def _forward(self, x, state, cache, recorder=None, all_hidden=None, all_attn=None) -> np.ndarray:
+    def _forward(self, x, state, cache, recorder=None, all_hidden=None, all_attn=None,
+                 chunkable: bool = True) -> np.ndarray:
+        # (the prompt runs in one pass here: chunked prefill is the single-process model's)
         fast = self._fast and state.segments is None
         caches = self._local_caches(cache)
         eps = self.dims.eps

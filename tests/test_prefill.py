@@ -1,0 +1,322 @@
+"""Prefill (issue 15): only the logits asked for, and chunked prefill equal to one pass.
+
+The oracle of every chunked result is the same model with ``prefill_chunk_size=0`` (the whole prompt in
+one pass, the path every other parity test checks against the spec and transformers)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import pycohere
+from pycohere.errors import InputError
+from pycohere.model import engine
+from pycohere.spec import layers as L
+
+from helpers import write_checkpoint
+
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prefill")
+    return {
+        "cohere": write_checkpoint(root / "c", seed=4, storage="BF16"),
+        # window 4 < chunk boundaries at 3, 5, 7...: sliding layers see keys of the previous chunk(s)
+        "cohere2": write_checkpoint(root / "c2", "cohere2", seed=4, storage="BF16", num_hidden_layers=3,
+                                    sliding_window=4,
+                                    layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(folders):
+    return {(kind, b): pycohere.AutoModelForCausalLM.from_pretrained(f, backend=b)
+            for kind, f in folders.items() for b in BACKENDS}
+
+
+def prompt(T, B=2, seed=0, V=61):
+    return np.random.default_rng(seed).integers(7, V, size=(B, T))
+
+
+def close(got, want):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def count_layer_calls(monkeypatch):
+    """Record the token count T of every decoder-layer call (spec and engine)."""
+    seen = []
+    for mod in (L, engine):
+        real = mod.decoder_layer
+
+        def spy(x, *a, _real=real, **k):
+            seen.append(x.shape[1])
+            return _real(x, *a, **k)
+        monkeypatch.setattr(mod, "decoder_layer", spy)
+    return seen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["cohere", "cohere2"])
+def test_logits_to_keep_one_is_the_last_row_of_the_full_forward(models, kind, backend):
+    model = models[kind, backend]
+    ids = prompt(9)
+    full = model(ids).logits                                          # (B, T, V)
+    last = model(ids, logits_to_keep=1).logits                        # (B, 1, V)
+    assert full.shape == (2, 9, 61) and last.shape == (2, 1, 61)
+    close(last, full[:, -1:])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["cohere", "cohere2"])
+def test_generation_is_unchanged_by_chunking(models, kind, backend):
+    model = models[kind, backend]
+    ids = prompt(11, seed=1)
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0                                                   # row 1 left-padded
+    ids[1, :4] = 0
+    outs = []
+    for chunk in (0, 3):
+        model.prefill_chunk_size = chunk
+        outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=6, output_logits=True,
+                                      return_dict_in_generate=True))
+    model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
+    np.testing.assert_array_equal(outs[1].sequences, outs[0].sequences)
+    for a, b in zip(outs[1].logits, outs[0].logits):
+        close(a, b)
+
+
+@settings(max_examples=12, deadline=None)
+@given(T=st.integers(2, 13), chunk=st.integers(1, 6), past=st.integers(0, 5),
+       kind=st.sampled_from(["cohere", "cohere2"]), backend=st.sampled_from(BACKENDS),
+       cache=st.sampled_from(["none", "use_cache", "dynamic", "static"]))
+def test_chunked_prefill_equals_one_pass(models, T, chunk, past, kind, backend, cache):
+    model = models[kind, backend]
+    ids = prompt(past + T, seed=T * 7 + past)
+    if cache in ("none", "use_cache"):  # no cache (a temporary one when chunked) / the forward makes its own
+        ids, past = ids[:, past:], 0
+    results = []
+    for size in (0, chunk):
+        model.prefill_chunk_size = size
+        kv = None
+        if cache in ("dynamic", "static"):
+            kv = pycohere.KVCache.for_model(model.config, max_cache_len=past + T + 1, static=cache == "static")
+            if past:
+                model(ids[:, :past], past_key_values=kv, use_cache=True)
+        out = model(ids[:, past:], past_key_values=kv, use_cache=cache != "none")
+        results.append((out.logits, out.past_key_values))
+    model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
+    (want, kv0), (got, kv1) = results
+    close(got, want)
+    if cache == "none":
+        assert kv0 is None and kv1 is None                               # the temporary cache is not returned
+        return
+    # the same keys and values at the same absolute indices (a sliding layer compacts at other times when
+    # chunked: compare what both still hold)
+    for a, b in zip(kv0.layers, kv1.layers):
+        assert a.seen == b.seen == past + T
+        first = max(a.start, b.start)
+        if a.window is not None:  # each keeps at least what a future query can see
+            assert first <= max(0, a.seen - (a.window - 1))
+        else:
+            assert first == 0
+        close(b.k[:, first - b.start:b.length], a.k[:, first - a.start:a.length])
+        close(b.v[:, first - b.start:b.length], a.v[:, first - a.start:a.length])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_long_prompt_runs_in_chunks_and_a_short_one_in_one_pass(models, backend, monkeypatch):
+    model = models["cohere2", backend]
+    seen = count_layer_calls(monkeypatch)
+    model.prefill_chunk_size = 4
+    try:
+        model(prompt(10), use_cache=True)
+        assert seen == [4] * 3 + [4] * 3 + [2] * 3                       # 3 layers per chunk of 4, 4, 2
+        seen.clear()
+        model(prompt(4), use_cache=True)
+        assert seen == [4] * 3
+        seen.clear()
+        model(prompt(10))                                                # no cache: through a temporary one
+        assert seen == [4] * 3 + [4] * 3 + [2] * 3
+    finally:
+        model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padded_queries_in_a_public_forward_run_in_one_pass(models, backend, monkeypatch):
+    """A fully masked (padded) query's output is the mean of V over every key, which a chunk cannot
+    reproduce: the public forward of a padded batch keeps one pass and equals the unchunked result."""
+    model = models["cohere", backend]
+    ids = prompt(8, seed=2)
+    mask = np.ones_like(ids)
+    mask[0, :3] = 0
+    model.prefill_chunk_size = 0
+    want = model(ids, attention_mask=mask, use_cache=True).logits
+    seen = count_layer_calls(monkeypatch)
+    model.prefill_chunk_size = 3
+    try:
+        got = model(ids, attention_mask=mask, use_cache=True).logits
+    finally:
+        model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
+    assert seen == [8, 8]
+    close(got, want)
+
+
+def test_taps_and_hidden_states_see_the_whole_prompt(models, monkeypatch):
+    model = models["cohere", "numpy"]
+    model.prefill_chunk_size = 3
+    try:
+        out, taps = model.run_with_cache(prompt(7), names=["layers.0.output"])
+        hidden = model(prompt(7), output_hidden_states=True).hidden_states
+    finally:
+        model.prefill_chunk_size = pycohere.model.modeling.PREFILL_CHUNK_SIZE
+    assert taps["layers.0.output"].shape == (2, 7, 32)
+    assert [h.shape for h in hidden] == [(2, 7, 32)] * 3
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "512"])
+def test_bad_chunk_size_is_an_input_error(folders, models, bad):
+    with pytest.raises(InputError, match="prefill_chunk_size"):
+        models["cohere", "numpy"].prefill_chunk_size = bad
+    with pytest.raises(InputError, match="prefill_chunk_size"):
+        pycohere.AutoModelForCausalLM.from_pretrained(folders["cohere"], backend="numpy", prefill_chunk_size=bad)
+
+
+def test_from_pretrained_takes_the_chunk_size(folders):
+    model = pycohere.AutoModelForCausalLM.from_pretrained(folders["cohere"], backend="numpy", prefill_chunk_size=64)
+    assert model.prefill_chunk_size == 64 == model.model.prefill_chunk_size
+
+
+# --- the prefill kernels against their NumPy twins ------------------------------------------------------
+from pycohere.kernels import attention as A, dense as KD, tiles  # noqa: E402
+from pycohere.io.dtypes import bf16_bits, widen  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), T=st.integers(5, 20), past=st.integers(0, 9),
+       kv_start=st.integers(0, 6), K=st.integers(1, 2), G=st.integers(1, 3), window=st.sampled_from([0, 1, 3, 7]),
+       block=st.integers(1, 8), score_values=st.sampled_from([8, 64, 1 << 21]), padded=st.booleans())
+def test_blocked_attention_equals_the_spec(seed, B, T, past, kv_start, K, G, window, block, score_values, padded):
+    """kv_start > 0 is a sliding layer's cache after compaction; small score blocks shrink the query
+    blocks (down to one query); padding makes fully masked rows (the spec: mean of V over all keys)."""
+    rng = np.random.default_rng(seed)
+    Dh, S = 8, past + T
+    q = rng.standard_normal((B, T, K * G, Dh)).astype(np.float32)
+    k = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
+    v = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
+    kv_valid = np.ones((B, S), dtype=bool)
+    if padded:
+        kv_valid[0, :past + 2] = False                               # row 0: its first queries see nothing
+    q_index = np.arange(kv_start + past, kv_start + S, dtype=np.int64)
+    kv_index = np.arange(kv_start, kv_start + S)
+    want = L.attention(q, k, v, L.attention_mask(q_index, kv_index, kv_valid, window or None))
+    saved, A.SCORE_BLOCK_VALUES = A.SCORE_BLOCK_VALUES, score_values
+    try:
+        got = A.blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=block)
+    finally:
+        A.SCORE_BLOCK_VALUES = saved
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(9, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
+       tile=st.integers(1, 400), row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16"]))
+def test_prefill_matmul_equals_the_spec(seed, M, out_dim, in_dim, tile, row_block, storage):
+    """f16: tiles of any size (a single row, a partial last tile, one tile for everything) reuse the
+    thread's buffer; bf16: gemm_bf16's 4 x 4 tiles with every remainder (M % 4, out % 4, x row blocks of
+    any size). Both give the spec's x @ widen(W).T."""
+    rng = np.random.default_rng(seed)
+    w32 = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16)
+    x = rng.standard_normal((M, in_dim)).astype(np.float32)
+    saved = KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK
+    KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK = tile, row_block
+    try:
+        got = KD.dense_matmul(x, raw, storage)
+        again = KD.dense_matmul(x[: M - 1], raw, storage)            # the reused buffer: stale values never leak
+    finally:
+        KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK = saved
+    want = x @ widen(raw, storage).T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+    np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_scratch_is_per_thread():
+    import threading
+    mine = tiles.scratch(16)
+    theirs = []
+    th = threading.Thread(target=lambda: theirs.append(tiles.scratch(16)))
+    th.start()
+    th.join()
+    assert not np.shares_memory(mine, theirs[0])
+    assert np.shares_memory(mine, tiles.scratch(8))                   # the same thread reuses its buffer
+
+
+_exp = None
+
+
+def _exp_kernel():
+    global _exp
+    if _exp is None:
+        from pycohere.kernels.jit import njit
+
+        @njit
+        def f(x):
+            out = np.empty_like(x)
+            for i in range(x.shape[0]):
+                out[i] = A.exp_nonpositive(x[i])
+            return out
+        _exp = f
+    return _exp
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([1e-6, 1e-2, 1.0, 10.0, 87.3]))
+def test_softmax_exp_equals_numpy_exp(seed, scale):
+    x = (-np.random.default_rng(seed).random(257) * scale).astype(np.float32)
+    x[:3] = [0.0, -np.inf, np.nan]
+    got, want = _exp_kernel()(x), np.exp(x)
+    assert got[0] == 1.0 and got[1] == 0.0 and np.isnan(got[2])
+    normal = want > np.finfo(np.float32).tiny * 2
+    np.testing.assert_allclose(got[3:][normal[3:]], want[3:][normal[3:]], rtol=4e-7, atol=0)
+    assert (np.abs(got[3:] - want[3:])[~normal[3:]] <= 2 * np.finfo(np.float32).tiny).all()  # cut to 0 below e^-87.3
+
+
+# --- tools/bench.py's prefill FLOP/s (issue 15) -------------------------------------------------------
+def test_fma_probe_runs_n_fmas_on_every_chain():
+    import bench
+    probe, lanes, _, engine = bench.compile_fma_probe()
+    # a <- a * 1 + 0.5 from a = 1, n times per chain, then the chains summed: chains * (1 + n / 2)
+    for n in (1, 10, 1000):
+        assert probe(n, 1.0, 0.5) == bench.FMA_CHAINS * (1 + n / 2)
+    assert lanes in (4, 8, 16)
+
+
+def test_prefill_flops_counts_every_matmul_and_visible_pair(folders):
+    import bench
+    cfg = pycohere.AutoModelForCausalLM.from_pretrained(folders["cohere"], backend="numpy")
+    c, p, T = cfg.config, cfg.params, 7
+    layer = p.layers[0]
+    weights = [layer.q_proj, layer.k_proj, layer.v_proj, layer.o_proj, layer.gate_proj, layer.up_proj, layer.down_proj]
+    per_token = sum(w.shape[0] * w.shape[1] for w in weights)            # multiply-adds per token per layer
+    pairs = L.attention_mask(np.arange(T), np.arange(T), None, None).sum()  # causal (query, key) pairs
+    Dh = c.hidden_size // c.num_attention_heads
+    want = c.num_hidden_layers * (2 * T * per_token + 2 * 2 * c.num_attention_heads * Dh * pairs) \
+        + 2 * 1 * c.hidden_size * c.vocab_size
+    got = bench.prefill_flops(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
+                              c.num_hidden_layers, c.vocab_size, T)
+    assert got == want
+
+
+def test_single_threaded_blas_restores_the_count_even_nested_and_on_error():
+    from pycohere.kernels import blas
+    before = blas.blas_threads()
+    if before is None:
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS with a thread API")
+    with pytest.raises(RuntimeError):
+        with blas.single_threaded():
+            assert blas.blas_threads() == 1
+            with blas.single_threaded():
+                assert blas.blas_threads() == 1
+            assert blas.blas_threads() == 1                              # the inner block did not restore
+            raise RuntimeError("inside")
+    assert blas.blas_threads() == before
