@@ -166,27 +166,23 @@ def _with(values: list, i: int, v) -> list:
 
 
 # --- q4_0: 18 B = f16 d, 16 B qs: byte l holds element l (low nibble) and l + 16 (high); w = d (n - 8)
-def _q4_0_body(row, k, blk, accs, corrs, slot):
-    b = row.b
-    d = row.f16(blk)
-    low, high = _nibbles(row, b.add(blk, ir.Constant(_I64, 2)))
-    e = b.mul(k, ir.Constant(_I64, 32))
-    t = b.fmul(row.xs(e), low)
-    t = row.fma(row.xs(b.add(e, ir.Constant(_I64, 16))), high, t)
-    return (_with(accs, slot, row.fma(t, _splat(b, d), accs[slot])),
-            _with(corrs, slot, row.fma(d, row.block_sum(k), corrs[slot])))
-
-
 # --- q4_1: 20 B = f16 d, f16 m, 16 B qs as q4_0; w = d n + m
-def _q4_1_body(row, k, blk, accs, corrs, slot):
-    b = row.b
-    d, m = row.f16(blk), row.f16(b.add(blk, ir.Constant(_I64, 2)))
-    low, high = _nibbles(row, b.add(blk, ir.Constant(_I64, 4)))
-    e = b.mul(k, ir.Constant(_I64, 32))
-    t = b.fmul(row.xs(e), low)
-    t = row.fma(row.xs(b.add(e, ir.Constant(_I64, 16))), high, t)
-    return (_with(accs, slot, row.fma(t, _splat(b, d), accs[slot])),
-            _with(corrs, slot, row.fma(m, row.block_sum(k), corrs[slot])))
+def _q4_body(with_min: bool):
+    """The q4_0 (the offset -8 d enters per block through the block sum of x) or q4_1 (the min m) body."""
+    def body(row, k, blk, accs, corrs, slot):
+        b = row.b
+        d = row.f16(blk)
+        per_sum = row.f16(b.add(blk, ir.Constant(_I64, 2))) if with_min else d  # times sum(x): m, or d (x -8)
+        low, high = _nibbles(row, b.add(blk, ir.Constant(_I64, 4 if with_min else 2)))
+        e = b.mul(k, ir.Constant(_I64, 32))
+        t = b.fmul(row.xs(e), low)
+        t = row.fma(row.xs(b.add(e, ir.Constant(_I64, 16))), high, t)
+        return (_with(accs, slot, row.fma(t, _splat(b, d), accs[slot])),
+                _with(corrs, slot, row.fma(per_sum, row.block_sum(k), corrs[slot])))
+    return body
+
+
+_q4_0_body, _q4_1_body = _q4_body(False), _q4_body(True)
 
 
 # --- q8_0: 34 B = f16 d, int8 qs[32]; w = d q
