@@ -33,8 +33,8 @@ from ..spec.params import Dims
 from ..spec.weights import DenseWeight
 from .jit import F16_TABLE, FAST, njit, prange
 from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, round_rows
-from .rows import (row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_q4_0, row_q4_1, row_q4_k,
-                   row_q6_k, row_q8_0)
+from .rows import (VECTOR_IR_KINDS, row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_q4_0, row_q4_1,
+                   row_q4_k, row_q6_k, row_q8_0)
 from .iquant import KVALUES, block_iq4_nl, block_iq4_xs  # IQ4_NL / IQ4_XS rows (LLVM IR kernels)
 
 # storage kinds of a decode matrix
@@ -50,7 +50,6 @@ N_MATRICES = 7
 JOB_BYTES = 128 << 10
 ACT_CHUNK = 512
 SILU, GELU = 0, 1
-VECTOR_IR_KINDS = ("q8_0", "q4_0", "q4_1", "q4_k", "q6_k")  # rows written as vector IR (kernels.vrows)
 
 
 # --- one block function per kind: y[:, col0 + i] = x @ W[o0 + i] for i < n --------------------------
@@ -65,7 +64,7 @@ def block_bf16(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi
 def block_f16(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
               we, wo):
     for i in range(n):
-        row_f16(y, col0 + i, x, wu16, o0 + i, f16)
+        row_f16(y, col0 + i, x, wu16, o0 + i)
 
 
 @njit(cache=True, fastmath=FAST)

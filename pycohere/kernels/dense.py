@@ -28,11 +28,11 @@ def gemv_bf16(x, w):
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
-def gemv_f16(x, w, table):
-    """Twin: ``x @ widen(W, "F16").T``; W as uint16 bits, widened through ``F16_TABLE``."""
+def gemv_f16(x, w):
+    """Twin: ``x @ widen(W, "F16").T``; W as uint16 bits, widened in registers (``rows.row_f16``)."""
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     for o in prange(w.shape[0]):
-        row_f16(out, o, x, w, o, table)
+        row_f16(out, o, x, w, o)
     return out
 
 
@@ -161,7 +161,7 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
         if storage == "BF16":
             y = gemv_bf16(x2, raw)
         elif storage == "F16":
-            y = gemv_f16(x2, raw, F16_TABLE)
+            y = gemv_f16(x2, raw)
         else:
             y = gemv_f32(x2, raw)
         return y.reshape(lead + (raw.shape[0],))

@@ -31,9 +31,9 @@ def row_bf16(y, col, x, w, o):
 
 
 @njit(cache=True, fastmath=FAST, inline="always")
-def row_f16(y, col, x, w, o, table):
+def row_f16(y, col, x, w, o):
     """f16 bits W (out, in) uint16, widened in registers (``f16_as_f32``: a vector vcvtph2ps on x86-64;
-    a gather from the 64K-entry ``table`` ran at a seventh of bf16's speed). ``table`` is unused here."""
+    a gather from the 64K-entry ``F16_TABLE`` ran at a seventh of bf16's speed)."""
     for r in range(x.shape[0]):
         s = np.float32(0.0)
         for j in range(w.shape[1]):
@@ -284,8 +284,10 @@ def row_q6_k(y, col, x, q, qs, o, f16, lanes):
 # --- the block formats as vector IR (``pycohere.kernels.vrows``): the plain loops above are what runs under
 # NUMBA_DISABLE_JIT (and the readable form of the same sums); compiled, these replace them. Rows whose
 # arrays are not unit-stride (never in pycohere's own callers) keep the plain loop.
+VECTOR_IR_KINDS: tuple = ()  # the storage kinds whose rows below are vrows' (reported by the decode engine)
 if not JIT_DISABLED:
     from . import vrows
+    VECTOR_IR_KINDS = ("q8_0", "q4_0", "q4_1", "q4_k", "q6_k")
 
     _plain_q4_0, _plain_q4_1, _plain_q8_0, _plain_q4_k, _plain_q6_k = row_q4_0, row_q4_1, row_q8_0, row_q4_k, row_q6_k
 

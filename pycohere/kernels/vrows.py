@@ -56,9 +56,6 @@ class _Row:
     def byte_ptr(self, off):
         return self.b.gep(self.w, [off])
 
-    def u8(self, off):  # one weight byte as i32
-        return self.b.zext(self.b.load(self.byte_ptr(off)), _I32)
-
     def i8(self, off):  # one weight byte, signed, as float
         return self.b.sitofp(self.b.load(self.byte_ptr(off)), _F32)
 
@@ -130,7 +127,7 @@ def _block_loop(row: _Row, block_bytes: int, body, unroll: int):
             + [ir.Constant(_F32, 0.0)] * ACCUMULATORS)
     A = ACCUMULATORS
 
-    def blocks(first, count):
+    def blocks(count):
         def step(i, state):
             accs, corrs = state[:A], state[A:]
             for u in range(count):
@@ -140,9 +137,9 @@ def _block_loop(row: _Row, block_bytes: int, body, unroll: int):
         return step
 
     groups = b.sdiv(nb, ir.Constant(_I64, unroll))
-    state = _counted_loop(b, ir.Constant(_I64, 0), groups, init, blocks(0, unroll))
+    state = _counted_loop(b, ir.Constant(_I64, 0), groups, init, blocks(unroll))
     if unroll > 1:
-        state = _counted_loop(b, b.mul(groups, ir.Constant(_I64, unroll)), nb, state, blocks(0, 1))
+        state = _counted_loop(b, b.mul(groups, ir.Constant(_I64, unroll)), nb, state, blocks(1))
     return state[:A], state[A:]
 
 
@@ -199,19 +196,6 @@ def _q8_0_body(row, k, blk, accs, corrs, slot):
 
 
 # --- q4_K: 144 B per 256 = f16 d, f16 dmin, 12 B of 6-bit (scale, min), qs[128] (kquant.py's docstring)
-def _q4_k_scale_min(row, blk, j):
-    """ggml-quants.c get_scale_min_k4: the 6-bit (scale, min) of sub-block j, as i32."""
-    b = row.b
-    s = lambda i: row.u8(b.add(blk, ir.Constant(_I64, 4 + i)))  # noqa: E731
-    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
-    if j < 4:
-        return b.and_(s(j), c(63)), b.and_(s(j + 4), c(63))
-    packed = s(j + 4)
-    sc = b.or_(b.and_(packed, c(15)), b.shl(b.lshr(s(j - 4), c(6)), c(4)))
-    mn = b.or_(b.lshr(packed, c(4)), b.shl(b.lshr(s(j), c(6)), c(4)))
-    return sc, mn
-
-
 def _q4_k_scales_mins(row, blk):
     """The eight 6-bit scales and mins of a Q4_K block as two <8 x i32> (get_scale_min_k4, vectorised):
     j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = (s[j+4] & 15) | (s[j-4] >> 6) << 4,
