@@ -59,12 +59,13 @@ def test_sliding_window_caches_compact_under_the_step():
 
 
 def test_the_step_rounds_activations_as_llama_cpp_when_asked():
-    """activations="llama.cpp": the compiled step (kernels.rounding, then the block kernels) follows the spec's
-    rounded matmuls, not the exact ones. Its logits sit within float32 noise of the rounded spec, while the
-    two modes differ by ~0.1 here; a flipped rounding (float32 order) could move a few logits by ~1% of that,
-    so the bar is 5% of the modes' own difference."""
+    """activations="llama.cpp": the compiled step (kernels.rounding, then the integer rows of kernels.irows or
+    the block kernels) follows the spec's rounded matmuls, not the exact ones. The two modes differ by ~0.05-0.1
+    here; the step sits within float32 noise (~1e-5) of the rounded spec, except where a value on a rounding
+    boundary rounds the other way (summation order): one such flip moved one step's logits by 9% of the modes'
+    gap. So: most step-rows within 0.1% of the gap, none beyond 25%; dropping the rounding puts all near 100%."""
     ids = np.array([[5, 17, 250, 3, 99], [5, 480, 21, 7, 1000]])
-    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=[], return_dict_in_generate=True, output_logits=True)
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=[], return_dict_in_generate=True, output_logits=True)
 
     def run(backend, activations):
         model = pycohere.AutoModelForCausalLM.from_pretrained(
@@ -76,7 +77,10 @@ def test_the_step_rounds_activations_as_llama_cpp_when_asked():
     assert "rounded as llama.cpp (q8_0)" in "\n".join(fast_model.kernel_report())
     _, rounded = run("numpy", "llama.cpp")
     _, exact = run("numpy", "float32")
+    ratios = []
     for step in range(1, len(fast.logits)):  # the one-token steps (logits[0] is the prompt's)
-        mode_gap = np.abs(rounded.logits[step] - exact.logits[step]).max()
-        assert mode_gap > 1e-2, step  # the modes really differ on this model
-        assert np.abs(fast.logits[step] - rounded.logits[step]).max() <= 0.05 * mode_gap, step
+        mode_gap = np.abs(rounded.logits[step] - exact.logits[step]).max(axis=-1)
+        assert (mode_gap > 1e-2).all(), step  # the modes really differ on this model
+        ratios += list(np.abs(fast.logits[step] - rounded.logits[step]).max(axis=-1) / mode_gap)
+    ratios = np.array(ratios)
+    assert ratios.max() <= 0.25 and np.mean(ratios <= 1e-3) >= 0.75, ratios

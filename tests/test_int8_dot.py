@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from pycohere.quant import QuantizedWeight, quantize
 from pycohere.kernels import int8_dot
 from pycohere.kernels.dispatch import fast_weight
-from pycohere.quant.activations import LlamaCppActivations, round_q8_0
+from pycohere.quant.activations import VEC_DOT_TYPE, LlamaCppActivations, round_activations, round_q8_0, round_q8_k
 
 pytestmark = pytest.mark.skipif(not int8_dot.AVAILABLE, reason="needs an x86-64 CPU with AVX2 and the JIT on")
 
@@ -26,9 +26,22 @@ def test_activation_codes_equal_the_spec_rounding(rows, out, blocks, seed, scale
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, 32 * blocks)) * scale).astype(np.float32)
     x[:, :32] *= (rng.random() < 0.3)  # sometimes an all-zero block
-    q, d, sums = int8_dot.quantize_activations(x)
+    q, d, sums = int8_dot.quantize_activations(x, "q8_0")
     np.testing.assert_array_equal((q.reshape(rows, blocks, 32) * d[:, :, None]).reshape(rows, -1), round_q8_0(x))
-    np.testing.assert_array_equal(sums, q.reshape(rows, blocks, 32).astype(np.int32).sum(-1))
+    np.testing.assert_array_equal(sums, q.reshape(rows, 2 * blocks, 16).astype(np.int32).sum(-1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 4), blocks=st.integers(1, 3), seed=st.integers(0, 2**31 - 1),
+       scale=st.sampled_from([1e-3, 1.0, 50.0]))
+def test_q8_k_codes_equal_the_spec_rounding(rows, blocks, seed, scale):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, 256 * blocks)) * scale).astype(np.float32)
+    x[:, :256] *= (rng.random() < 0.3)  # sometimes an all-zero block
+    q, d, sums = int8_dot.quantize_activations(x, "q8_k")
+    np.testing.assert_array_equal((q.reshape(rows, blocks, 256) * d[:, :blocks, None]).reshape(rows, -1),
+                                  round_q8_k(x))
+    np.testing.assert_array_equal(sums, q.reshape(rows, 16 * blocks, 16).astype(np.int32).sum(-1))
 
 
 @settings(max_examples=40, deadline=None)
@@ -36,26 +49,42 @@ def test_activation_codes_equal_the_spec_rounding(rows, out, blocks, seed, scale
        blocks=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
 def test_kernels_equal_the_spec(scheme, rows, out, blocks, seed):
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal((out, 32 * blocks)).astype(np.float32)
-    x = rng.standard_normal((rows, 32 * blocks)).astype(np.float32)
-    W = QuantizedWeight.from_tensor(quantize(w, scheme))
+    W = _weight(rng, scheme, out, blocks)
+    x = rng.standard_normal((rows, W.shape[1])).astype(np.float32)
     got = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
-    want = round_q8_0(x) @ W.dequantize().T
+    rounded = round_activations(x, VEC_DOT_TYPE[scheme])
+    want = rounded @ W.dequantize().T
     # same exact products, float32 sums in another order: a few ulp of the row's magnitudes
-    bound = 1e-5 * (np.abs(round_q8_0(x)) @ np.abs(W.dequantize()).T) + 1e-30
+    bound = 1e-5 * (np.abs(rounded) @ np.abs(W.dequantize()).T) + 1e-30
     assert got.shape == want.shape and np.all(np.abs(got - want) <= bound)
 
 
+def _weight(rng, scheme, out, blocks):
+    """A q8_0 / q4_0 weight quantized by pycohere, or random q4_k / q6_k blocks (dequantize-only schemes here)
+    with small finite f16 scales."""
+    if scheme in ("q8_0", "q4_0"):
+        return QuantizedWeight.from_tensor(quantize(rng.standard_normal((out, 32 * blocks)).astype(np.float32),
+                                                    scheme))
+    nbytes, f16_at = {"q4_k": (144, (0, 2)), "q6_k": (210, (208,))}[scheme]
+    raw = rng.integers(0, 256, size=(out, blocks, nbytes), dtype=np.uint8)
+    for off in f16_at:
+        raw[:, :, off:off + 2] = rng.uniform(1e-3, 1e-1, (out, blocks)).astype(np.float16).view(np.uint8).reshape(
+            out, blocks, 2)
+    return QuantizedWeight({"qweight": raw.reshape(out, -1)},
+                           {"scheme": scheme, "group_size": 256, "shape": [out, 256 * blocks]})
+
+
 def test_non_finite_activations_poison_their_row():
-    w = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    rng = np.random.default_rng(0)
     for scheme in int8_dot.SCHEMES:
-        W = QuantizedWeight.from_tensor(quantize(w, scheme))
-        x = np.ones((3, 64), np.float32)
-        x[0, 40], x[2, 3] = np.nan, np.inf
+        W = _weight(rng, scheme, 5, 1)
+        n = W.shape[1]
+        x = np.ones((3, n), np.float32)
+        x[0, n - 24], x[2, 3] = np.nan, np.inf
         y = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
         assert np.isnan(y[0]).all() and np.isnan(y[2]).all() and np.isfinite(y[1]).all()
-        with np.errstate(invalid="ignore"):
-            assert np.isnan(round_q8_0(x[[0, 2]]) @ W.dequantize().T).all()  # the spec agrees
+        with np.errstate(invalid="ignore"):  # the spec agrees
+            assert np.isnan(round_activations(x[[0, 2]], VEC_DOT_TYPE[scheme]) @ W.dequantize().T).all()
 
 
 def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
@@ -68,4 +97,4 @@ def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     prefill = rng.standard_normal((12, 96)).astype(np.float32)  # more rows than a GEMV: spec path
     np.testing.assert_array_equal(A.matmul(prefill), W.matmul(round_q8_0(prefill)))
     assert int8_dot.gemv_rounded(prefill, W.arrays["qweight"], "q4_0") is None
-    assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q4_k") is None
+    assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q5_k") is None  # no integer kernel

@@ -32,7 +32,8 @@ from ..quant.weight import QuantizedWeight
 from ..spec.params import Dims
 from ..spec.weights import DenseWeight
 from .jit import F16_TABLE, FAST, njit, prange
-from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, round_rows
+from . import irows
+from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, quantize_rows
 from .rows import (VECTOR_IR_KINDS, row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_q4_0, row_q4_1,
                    row_q4_k, row_q6_k, row_q8_0)
 from .iquant import KVALUES, block_iq4_nl, block_iq4_xs  # IQ4_NL / IQ4_XS rows (LLVM IR kernels)
@@ -42,6 +43,10 @@ F32, F16, BF16, INT8, INT4, INT4_ASYM, NF4, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K = range
 KIND_NAMES = ("F32", "F16", "BF16", "int8", "int4", "int4-asym", "nf4", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k")
 IQ4_NL, IQ4_XS = len(KIND_NAMES), len(KIND_NAMES) + 1  # their block functions are in pycohere.kernels.iquant
 KIND_NAMES += ("iq4_nl", "iq4_xs")
+# integer rows on the 8-bit activation codes (``kernels.irows``; activations="llama.cpp" on AVX2 hosts)
+Q8_0_Q8, Q4_0_Q8, Q4_K_Q8K, Q6_K_Q8K = range(len(KIND_NAMES), len(KIND_NAMES) + 4)
+KIND_NAMES += ("q8_0.q8_0", "q4_0.q8_0", "q4_k.q8_k", "q6_k.q8_k")
+INTEGER_KINDS = {"q8_0": Q8_0_Q8, "q4_0": Q4_0_Q8, "q4_k": Q4_K_Q8K, "q6_k": Q6_K_Q8K}
 N_MATRICES = 7
 # Weight bytes per job of a parallel pass: equal-cost jobs make Numba's static split of a pass over the
 # threads balanced (with rows per job instead, the o_proj and down_proj rows of region 3, 2048 and 5632
@@ -54,101 +59,135 @@ SILU, GELU = 0, 1
 
 # --- one block function per kind: y[:, col0 + i] = x @ W[o0 + i] for i < n --------------------------
 @njit(cache=True, fastmath=FAST)
-def block_bf16(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_bf16(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_bf16(y, col0 + i, x, wu16, o0 + i)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_f16(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-              we, wo):
+def block_f16(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+              mins, we, wo):
     for i in range(n):
         row_f16(y, col0 + i, x, wu16, o0 + i)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_f32(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-              we, wo):
+def block_f32(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+              mins, we, wo):
     for i in range(n):
         row_f32(y, col0 + i, x, wf32, o0 + i)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_int8(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_int8(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_int8(y, col0 + i, x, wi8, s1, o0 + i)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_int4(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_int4(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_int4(y, col0 + i, xe, xo, xsum, wu8, s1, s2, True, o0 + i, lanes)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_int4_asym(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                    mins, we, wo):
+def block_int4_asym(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+                    scale, mins, we, wo):
     for i in range(n):
         row_int4(y, col0 + i, xe, xo, xsum, wu8, s1, s2, False, o0 + i, lanes)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_nf4(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-              we, wo):
+def block_nf4(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+              mins, we, wo):
     for i in range(n):
         row_nf4(y, col0 + i, xe, xo, wu8, s1, hi, lo, o0 + i, we, wo)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_q8_0(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_q8_0(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_q8_0(y, col0 + i, x, wu8, wi8, o0 + i, f16)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_q4_0(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_q4_0(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_q4_0(y, col0 + i, x, xsum, wu8, o0 + i, f16, lanes)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_q4_1(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_q4_1(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_q4_1(y, col0 + i, x, xsum, wu8, o0 + i, f16, lanes)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_q4_k(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_q4_k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_q4_k(y, col0 + i, x, xsum, wu8, o0 + i, f16, lanes, scale, mins)
 
 
 @njit(cache=True, fastmath=FAST)
-def block_q6_k(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def block_q6_k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+               mins, we, wo):
     for i in range(n):
         row_q6_k(y, col0 + i, x, wu8, wi8, o0 + i, f16, lanes)
+
+
+@njit(cache=True, fastmath=FAST)
+def block_q8_0_q8(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                  mins, we, wo):
+    for i in range(n):
+        for r in range(xq.shape[0]):
+            y[r, col0 + i] = irows.dot_q8_0(wu8, o0 + i, xq, r, xd, xb)
+
+
+@njit(cache=True, fastmath=FAST)
+def block_q4_0_q8(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                  mins, we, wo):
+    for i in range(n):
+        for r in range(xq.shape[0]):
+            y[r, col0 + i] = irows.dot_q4_0(wu8, o0 + i, xq, r, xd, xb)
+
+
+@njit(cache=True, fastmath=FAST)
+def block_q4_k_q8k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                   mins, we, wo):
+    for i in range(n):
+        for r in range(xq.shape[0]):
+            y[r, col0 + i] = irows.dot_q4_k(wu8, o0 + i, xq, r, xd, xb)
+
+
+@njit(cache=True, fastmath=FAST)
+def block_q6_k_q8k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
+                   mins, we, wo):
+    for i in range(n):
+        for r in range(xq.shape[0]):
+            y[r, col0 + i] = irows.dot_q6_k(wu8, o0 + i, xq, r, xd, xb)
 
 
 BLOCKS = (block_f32, block_f16, block_bf16, block_int8, block_int4, block_int4_asym, block_nf4, block_q8_0,
           block_q4_0, block_q4_1, block_q4_k, block_q6_k)  # indexed by kind
 BLOCKS += (block_iq4_nl, block_iq4_xs)
+BLOCKS += (block_q8_0_q8, block_q4_0_q8, block_q4_k_q8k, block_q6_k_q8k)
 
 
 @njit(cache=True, inline="always")
-def call_block(kind, y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
-               we, wo):
+def call_block(kind, y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+               scale, mins, we, wo):
     """Rows o0..o0+n of a matrix of ``kind``: a call of that kind's block function (each compiled on its own;
     a first-class function argument would compile the layer once per mixture too, but Numba cannot cache
     functions taking them: a cached one segfaults when loaded, numba#6251/#10280)."""
-    args = (y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins, we, wo)
+    args = (y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale, mins,
+            we, wo)
     if kind == BF16:
         block_bf16(*args)
     elif kind == F16:
@@ -175,6 +214,14 @@ def call_block(kind, y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, 
         block_iq4_nl(*args)
     elif kind == IQ4_XS:
         block_iq4_xs(*args)
+    elif kind == Q8_0_Q8:
+        block_q8_0_q8(*args)
+    elif kind == Q4_0_Q8:
+        block_q4_0_q8(*args)
+    elif kind == Q4_K_Q8K:
+        block_q4_k_q8k(*args)
+    elif kind == Q6_K_Q8K:
+        block_q6_k_q8k(*args)
     else:
         block_q6_k(*args)
 
@@ -231,28 +278,30 @@ def rope_row(v, cos, sin):
 # compiled once and called by decode_layer and decode_head: inlined in three places, its switch over the
 # kinds tripled the first-run compile time
 @njit(cache=True, parallel=True, fastmath=FAST)
-def run_plan(y, plan, kinds, xa, xae, xao, xb, xbe, xbo, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
-             f16, scratch):
+def run_plan(y, plan, kinds, xa, xae, xao, xb, xbe, xbo, codes_a, codes_b, xsums, wu16, wf32, wu8, wi8, s1, s2,
+             hi, lo, f16, scratch):
     """One parallel pass over the jobs of ``plan`` (n_jobs, 5): job (m, o0, n, col, src) writes rows o0..o0+n
-    of matrix m times its input (xa if src is 0, else xb) into columns col..col+n of y. The jobs
+    of matrix m times its input (xa if src is 0, else xb; codes_a / codes_b: their (codes, scales, 16-sums)
+    for the integer rows) into columns col..col+n of y. The jobs
     cost the same number of weight bytes (``job_plan``), so the static split of the loop over the threads
     is balanced even when matrices of different widths share a pass."""
     for job in prange(plan.shape[0]):
         m, o0, n, col = plan[job, 0], plan[job, 1], plan[job, 2], plan[job, 3]
         sc = scratch[get_thread_id()]
         if plan[job, 4]:
-            x, xe, xo = xb, xbe, xbo
+            x, xe, xo, (xq, xd, xs16) = xb, xbe, xbo, codes_b
         else:
-            x, xe, xo = xa, xae, xao
+            x, xe, xo, (xq, xd, xs16) = xa, xae, xao, codes_a
         h = xe.shape[1]
-        call_block(kinds[m], y, col, o0, n, x, xe, xo, xsums[m], wu16[m], wf32[m], wu8[m], wi8[m], s1[m], s2[m],
-                   hi[m], lo[m], f16, sc[0:64], sc[64:72], sc[72:80], sc[80:80 + h], sc[80 + h:80 + 2 * h])
+        call_block(kinds[m], y, col, o0, n, x, xe, xo, xsums[m], xq, xd, xs16, wu16[m], wf32[m], wu8[m], wi8[m], s1[m],
+                   s2[m], hi[m], lo[m], f16,
+                   sc[0:64], sc[64:72], sc[72:80], sc[80:80 + h], sc[80 + h:80 + 2 * h])
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, biases, has_bias,
                  q_norm, k_norm, has_qk_norm, use_rope, cos, sin, k_cache, v_cache, slot, start, valid, has_valid,
-                 window, act_kind, H, K, Dh, F, bufs, scratch, plan1, plan3, rounds):
+                 window, act_kind, H, K, Dh, F, bufs, codes, scratch, plan1, plan3, rounds):
     """One decoder layer for one token per sequence.
 
     x (B, D) the layer input, out (B, D) <- the layer output; ln_w (D,); kinds/wu16/.../s2: the 7 matrices
@@ -265,7 +314,8 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     from ``decode_buffers``; scratch (threads, ``scratch_rows``) per-thread rows; plan1: the jobs of region 1
     (matrices 0, 1, 2, 4, 5 into y1), plan3: of region 3 (3 and 6 into ya), from ``job_plan``. rounds (3,):
     how the inputs of region 1, of Wo and of Wdown are rounded first (``kernels.rounding``; with
-    ``activations="llama.cpp"``, else NONE).
+    ``activations="llama.cpp"``, else NONE); codes: the (codes, scales, 16-sums) of those three inputs
+    (``code_buffers``), filled when the rounding is Q8_0 / Q8_K, for the integer rows.
     """
     B, D = x.shape
     HD, KD = H * Dh, K * Dh
@@ -275,11 +325,13 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     # --- region 1: LayerNorm, then the rows of q, k, v, gate, up in one pass
     for b in range(B):
         layer_norm_row(x[b], ln_w, eps, h[b])
-    round_rows(h, rounds[0])
+    hc, cc, ac = codes
+    quantize_rows(h, rounds[0], hc[0], hc[1], hc[2])
     split_even_odd(h, he, ho)
     for m in (0, 1, 2, 4, 5):
         group_sums(h, xsums[m], groups[m])
-    run_plan(y1, plan1, kinds, h, he, ho, h, he, ho, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(y1, plan1, kinds, h, he, ho, h, he, ho, hc, hc, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16,
+             scratch)
     # --- serially: k/v biases, k-norm, RoPE on k, the cache append (K * Dh values per sequence)
     for b in range(B):
         for kh in range(K):
@@ -359,13 +411,14 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
                 act[b, f] = a * uv
 
     # --- region 3: the rows of Wo and Wdown in one pass (into ya: o at columns 0..D-1, down at D..2D-1)
-    round_rows(ctx, rounds[1])
-    round_rows(act, rounds[2])
+    quantize_rows(ctx, rounds[1], cc[0], cc[1], cc[2])
+    quantize_rows(act, rounds[2], ac[0], ac[1], ac[2])
     split_even_odd(ctx, ce, co)
     group_sums(ctx, xsums[3], groups[3])
     split_even_odd(act, ae, ao)
     group_sums(act, xsums[6], groups[6])
-    run_plan(ya, plan3, kinds, ctx, ce, co, act, ae, ao, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(ya, plan3, kinds, ctx, ce, co, act, ae, ao, cc, ac, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16,
+             scratch)
     # the parallel residual: out = x + attn + mlp
     for b in range(B):
         for r in range(D):
@@ -378,6 +431,13 @@ def decode_buffers(B: int, D: int, H: int, K: int, Dh: int, F: int) -> tuple:
     f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     return (f(B, D), f(B, HD + 2 * KD + 2 * F), f(B, D // 2), f(B, D // 2), f(B, HD), f(B, HD // 2),
             f(B, HD // 2), f(B, F), f(B, F // 2), f(B, F // 2), f(B, 2 * D))
+
+
+def code_buffers(B: int, widths) -> tuple:
+    """Per matmul input of ``widths`` values: (codes int8 (B, n), block scales float32 (B, n / 32), sums of
+    16 codes int16 (B, n / 16)), the activation codes the integer rows read (``rounding.quantize_rows``)."""
+    return tuple((np.zeros((B, n), np.int8), np.zeros((B, max(1, n // 32)), np.float32),
+                  np.zeros((B, max(1, n // 16)), np.int16)) for n in widths)
 
 
 def scratch_rows(D: int, H: int, Dh: int, F: int) -> int:
@@ -403,16 +463,18 @@ def row_bytes(arrays: tuple) -> int:
 
 @njit(cache=True, fastmath=FAST)  # (its parallel pass is run_plan's)
 def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, logit_scale, h, he,
-                ho, logits, scratch, plan, rounds):
+                ho, codes, logits, scratch, plan, rounds):
     """The final LayerNorm and the head (matrix 0 of the 1-tuples) times logit_scale: x (B, D) -> logits
-    (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch; rounds (1,): the head input's rounding."""
+    (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch; codes: h's ``code_buffers``; rounds (1,):
+    the head input's rounding."""
     B, D = x.shape
     for b in range(B):
         layer_norm_row(x[b], norm_w, eps, h[b])
-    round_rows(h, rounds[0])
+    quantize_rows(h, rounds[0], codes[0], codes[1], codes[2])
     split_even_odd(h, he, ho)
     group_sums(h, xsums[0], groups[0])
-    run_plan(logits, plan, kinds, h, he, ho, h, he, ho, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, scratch)
+    run_plan(logits, plan, kinds, h, he, ho, h, he, ho, codes, codes, xsums, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
+             f16, scratch)
     for b in range(B):
         for o in range(logits.shape[1]):
             logits[b, o] *= logit_scale
@@ -446,8 +508,10 @@ def matrix_arrays(w) -> tuple | None:
     step has no kernel for it (then the model decodes through ``decoder_layer``). A llama.cpp-rounding
     wrapper gives its weight's arrays (the rounding is ``input_rounding``)."""
     w = getattr(w, "spec", w)  # a fast weight's plain spec weight
+    integer = False
     if isinstance(w, LlamaCppActivations):
         w = getattr(w.weight, "spec", w.weight)
+        integer = irows.AVAILABLE  # llama.cpp's integer dot products on the activation codes
     u16, f32, u8, i8 = (_PLACEHOLDERS[dt] for dt in (np.uint16, np.float32, np.uint8, np.int8))
     s1 = s2 = f32
     table = None
@@ -466,6 +530,8 @@ def matrix_arrays(w) -> tuple | None:
         scales = a["scales"] * INV127 if w.storage == "bnb-int8" else a["scales"]  # (q SCB) / 127 reassociated
         return (kind, u16, f32, u8, _readonly(a["qweight"]), _readonly(scales.astype(np.float32)), s2, table)
     q = _readonly(a["qweight"])
+    if integer and w.storage in INTEGER_KINDS:
+        return (INTEGER_KINDS[w.storage], u16, f32, q, i8, s1, s2, table)
     if kind in (Q8_0, Q6_K):
         return (kind, u16, f32, q, q.view(np.int8), s1, s2, table)
     if kind in (INT4, INT4_ASYM, NF4):
@@ -528,12 +594,17 @@ class DecodeEngine:
                 kinds[KIND_NAMES[k]] = kinds.get(KIND_NAMES[k], 0) + 1
             rounds |= {str(names[int(r)]) for r in packed["rounds"] if r != NO_ROUNDING}
         vector = [k for k in kinds if k in VECTOR_IR_KINDS]
+        integer = [k for k in kinds if k in KIND_NAMES[Q8_0_Q8:]]
+        notes = ([f"{', '.join(vector)}: vector-IR rows, kernels.vrows"] if vector else []) + (
+            [f"{', '.join(integer)}: integer rows on the activation codes, kernels.irows: {irows.isa()}"]
+            if integer else [])
         return [f"decode step: compiled, one call per layer ({len(self.layers)} layers + head), "
                 f"{config.NUMBA_NUM_THREADS} threads, threading layer {threading_layer()}",
                 "  matrices: " + ", ".join(f"{k} x{n}" for k, n in kinds.items())
-                + (f" ({', '.join(vector)}: vector-IR rows, kernels.vrows)" if vector else ""),
-                "  activations: " + (f"rounded as llama.cpp ({', '.join(sorted(rounds))}), then the same kernels"
-                                     if rounds else "float32 (exact)"),
+                + (f" ({'; '.join(notes)})" if notes else ""),
+                "  activations: " + (f"rounded as llama.cpp ({', '.join(sorted(rounds))}), then "
+                                     + ("integer dot products where the weight has them, else " if integer else "")
+                                     + "the float kernels on the rounded values" if rounds else "float32 (exact)"),
                 f"  vectors: {vector_isa()}"]
 
     @staticmethod
@@ -590,7 +661,8 @@ class DecodeEngine:
             self._buffers[B] = (decode_buffers(B, d.D, d.H, d.K, d.Dh, d.F),
                                 np.empty((B, d.D), np.float32), np.empty((B, d.D), np.float32),
                                 (np.empty((B, d.D), np.float32), np.empty((B, d.D // 2), np.float32),
-                                 np.empty((B, d.D // 2), np.float32)))
+                                 np.empty((B, d.D // 2), np.float32)),
+                                code_buffers(B, (d.D, d.H * d.Dh, d.F)))
         return self._buffers[B]
 
     def logits(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, kv_valid, cache) -> np.ndarray:
@@ -598,7 +670,7 @@ class DecodeEngine:
         logits (B, V); appends this token's keys and values to every layer of ``cache``."""
         d = self.dims
         B = x.shape[0]
-        bufs, a, b, head_bufs = self._buffers_for(B)
+        bufs, a, b, head_bufs, codes = self._buffers_for(B)
         a[...] = x
         valid = np.ascontiguousarray(kv_valid) if kv_valid is not None else np.ones((1, 1), dtype=np.bool_)
         act = SILU if d.act in ("silu", "swish") else GELU
@@ -609,13 +681,13 @@ class DecodeEngine:
             decode_layer(a, b, lp["ln"], eps, lp["kinds"], *lp["w"], lp["hi"], lp["lo"], F16_TABLE, lp["groups"],
                          self._xsums(lp, B), lp["biases"], lp["has_bias"], lp["q_norm"], lp["k_norm"],
                          lp["has_qk_norm"], lp["use_rope"], cos, sin, lc.k, lc.v, slot, lc.start, valid,
-                         kv_valid is not None, lp["window"], act, d.H, d.K, d.Dh, d.F, bufs, self._scratch,
+                         kv_valid is not None, lp["window"], act, d.H, d.K, d.Dh, d.F, bufs, codes, self._scratch,
                          lp["plan1"], lp["plan3"], lp["rounds"])
             lc.length = slot + 1
             a, b = b, a
         hp = self.head
         logits = np.empty((B, d.V), np.float32)
         decode_head(a, self.norm, eps, hp["kinds"], *hp["w"], hp["hi"], hp["lo"], F16_TABLE, hp["groups"],
-                    self._xsums(hp, B), np.float32(d.logit_scale), *head_bufs, logits, self._scratch, hp["plan"],
-                    hp["rounds"])
+                    self._xsums(hp, B), np.float32(d.logit_scale), *head_bufs, codes[0], logits, self._scratch,
+                    hp["plan"], hp["rounds"])
         return logits

@@ -10,14 +10,13 @@ spec otherwise; everything else (``dequantize``, the packed arrays) is the spec 
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from ..errors import BackendError
 from ..quant.activations import LlamaCppActivations, round_activations
 from ..quant.weight import PermutedWeight, QuantizedWeight
 from ..spec.weights import DenseWeight, Weight
+from .jit import cpu_features  # noqa: F401  (the one feature probe; re-exported)
 
 BACKENDS = ("numpy", "numba")
 
@@ -39,16 +38,6 @@ def resolve_backend(name: str | None) -> str:
         raise BackendError("backend 'numba' needs the numba package (pip install numba); "
                            "use backend='numpy' to run the spec")
     return name
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_features() -> frozenset[str]:
-    """The host CPU's features as LLVM names them ("avx2", "avx512f", "avx512vnni", "avx512bf16", ...)."""
-    try:
-        import llvmlite.binding as llvm
-        return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
-    except Exception:  # pragma: no cover - unusual llvmlite builds: no feature-specific path
-        return frozenset()
 
 
 def vector_isa() -> str:
@@ -138,11 +127,12 @@ def _kernels(w: Weight):
         inner = fast_weight(w.weight)
         vdt, qweight = w.vec_dot_type, getattr(w.weight, "arrays", {}).get("qweight")
 
-        # integer dot products on the rounded blocks, where the host has them (iq4_nl / iq4_xs: kernels.iquant)
+        # integer dot products on the rounded blocks, where the host has them (q8_0, q4_0, q4_k, q6_k:
+        # kernels.int8_dot; iq4_nl / iq4_xs: kernels.iquant)
         rounded = iquant.gemv_rounded if w.storage in iquant.SCHEMES else int8_dot.gemv_rounded
 
         def matmul(x):
-            if (vdt == "q8_0" or w.storage in iquant.SCHEMES) and qweight is not None:
+            if (w.storage in int8_dot.SCHEMES or w.storage in iquant.SCHEMES) and qweight is not None:
                 y = rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
                 if y is not None:
                     return y.reshape(x.shape[:-1] + (w.shape[0],))

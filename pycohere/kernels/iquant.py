@@ -11,8 +11,8 @@ fast twins (registered in ``pycohere.kernels.registry``, listed in ``pycohere.ke
   rounds them for these types (ggml-cpu.c ``type_traits_cpu``: IQ4_NL's ``vec_dot_type`` is Q8_0, IQ4_XS's
   is Q8_K) and integer dot products of the codes, the way ggml-cpu/arch/x86/quants.c
   ``ggml_vec_dot_iq4_nl_q8_0`` / ``ggml_vec_dot_iq4_xs_q8_K`` form them. Twin: ``round_q8_0(x) @ W.T`` /
-  ``round_q8_k(x) @ W.T`` (``pycohere.quant.activations``). ``quantize_q8_k_rows`` is the Q8_K rounding
-  (twin: ``round_q8_k``); the Q8_0 rounding is ``pycohere.kernels.int8_dot``'s.
+  ``round_q8_k(x) @ W.T`` (``pycohere.quant.activations``). Both roundings to codes are
+  ``pycohere.kernels.rounding.quantize_rows`` (through ``int8_dot.quantize_activations``).
 
 Why LLVM IR. A 4-bit code indexes a 16-entry table of int8 values (ggml-common.h ``kvalues_iq4nl``), so a
 plain Numba loop does a table lookup per weight: LLVM turns it into a vector gather or scalar loads
@@ -39,8 +39,7 @@ from __future__ import annotations
 
 # Sources (llama.cpp as bundled with llama-cpp-python 0.3.36): ggml/src/ggml-cpu/ggml-cpu.c lines 380-391
 # (type_traits_cpu of IQ4_NL / IQ4_XS: vec_dot_type Q8_0 / Q8_K); ggml/src/ggml-cpu/arch/x86/quants.c lines
-# 69-73 (mul_add_epi8), 3920-4002 (ggml_vec_dot_iq4_nl_q8_0) and 4004-4108 (ggml_vec_dot_iq4_xs_q8_K);
-# ggml/src/ggml-quants.c quantize_row_q8_K_ref (the Q8_K rounding).
+# 69-73 (mul_add_epi8), 3920-4002 (ggml_vec_dot_iq4_nl_q8_0) and 4004-4108 (ggml_vec_dot_iq4_xs_q8_K).
 import numpy as np
 
 from ..quant.schemes import KVALUES_IQ4NL
@@ -84,42 +83,6 @@ def dequant_iq4_xs(q, f16, kv, out):
                     v = np.int32(q[o, b + 8 + 16 * ib + j])
                     out[o, k * 256 + 32 * ib + j] = dl * kv[v & np.int32(15)]
                     out[o, k * 256 + 32 * ib + 16 + j] = dl * kv[v >> np.int32(4)]
-
-
-# --- Q8_K activation rounding (IQ4_XS's vec_dot_type) -----------------------------------------------------
-@njit(cache=True)
-def quantize_q8_k_rows(x):
-    """x (R, n) float32 -> (q int8 (R, n), d float32 (R, n/256)), as ggml-quants.c quantize_row_q8_K_ref
-    (twin: ``pycohere.quant.activations.round_q8_k``): ``max`` the signed element of largest magnitude
-    (first on ties), ``iscale = -127 / max``, ``q = min(127, nearest_int(iscale * x))`` (round half to
-    even), ``d = 1 / iscale``; an all-zero block has d = 0. A block holding NaN or inf gets d = NaN, so the
-    row's outputs are NaN, as the spec's."""
-    R, n = x.shape
-    nb = n // 256
-    q = np.empty((R, n), dtype=np.int8)
-    d = np.empty((R, nb), dtype=np.float32)
-    for r in range(R):
-        for b in range(nb):
-            amax = np.float32(0.0)
-            mx = np.float32(0.0)
-            finite = True
-            for l in range(256):
-                v = x[r, b * 256 + l]
-                a = abs(v)
-                finite = finite and a < np.inf  # (False for NaN too)
-                if a > amax:
-                    amax = a
-                    mx = v
-            if not finite or amax == 0:
-                d[r, b] = np.float32(np.nan) if not finite else np.float32(0.0)
-                for l in range(256):
-                    q[r, b * 256 + l] = 0
-                continue
-            iscale = np.float32(-127.0) / mx
-            for l in range(256):
-                q[r, b * 256 + l] = np.int8(min(np.float32(127.0), np.rint(iscale * x[r, b * 256 + l])))
-            d[r, b] = np.float32(1.0) / iscale
-    return q, d
 
 
 # --- the row dot products in LLVM IR ---------------------------------------------------------------------
@@ -391,18 +354,18 @@ if AVAILABLE:
 # loops on hosts without the IR kernels.
 if AVAILABLE:
     @njit(cache=True)
-    def block_iq4_nl(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                     mins, we, wo):
+    def block_iq4_nl(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+                     scale, mins, we, wo):
         rows_iq4_nl(y, col0, wu8, o0, n, x)
 
     @njit(cache=True)
-    def block_iq4_xs(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                     mins, we, wo):
+    def block_iq4_xs(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+                     scale, mins, we, wo):
         rows_iq4_xs(y, col0, wu8, o0, n, x)
 else:
     @njit(cache=True)
-    def block_iq4_nl(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                     mins, we, wo):
+    def block_iq4_nl(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+                     scale, mins, we, wo):
         nb = x.shape[1] // 32
         for i in range(n):
             o = o0 + i
@@ -418,8 +381,8 @@ else:
                 y[r, col0 + i] = acc
 
     @njit(cache=True)
-    def block_iq4_xs(y, col0, o0, n, x, xe, xo, xsum, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                     mins, we, wo):
+    def block_iq4_xs(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+                     scale, mins, we, wo):
         nb = x.shape[1] // 256
         for i in range(n):
             o = o0 + i
@@ -463,11 +426,9 @@ def gemv_rounded(x2: np.ndarray, qweight: np.ndarray, scheme: str) -> np.ndarray
     takes the spec path: round, then the exact matmul)."""
     if not AVAILABLE or scheme not in SCHEMES or x2.shape[0] > GEMV_MAX_ROWS:
         return None
-    x2 = np.ascontiguousarray(x2, dtype=np.float32)
-    if scheme == "iq4_nl":
-        xq, xd, _ = quantize_activations(x2)
-    else:
-        xq, xd = quantize_q8_k_rows(x2)
+    xq, xd, _ = quantize_activations(x2, "q8_0" if scheme == "iq4_nl" else "q8_k")
+    if scheme == "iq4_xs":  # one scale per block of 256 (the rows read xd's width as the block count)
+        xd = np.ascontiguousarray(xd[:, :x2.shape[1] // 256])
     return _ROUNDED[scheme](_readonly(qweight), xq, xd)
 
 

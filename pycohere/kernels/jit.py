@@ -19,6 +19,7 @@ cached function against its own file's timestamp only, so an edit of an inlined 
 """
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import tempfile
@@ -75,6 +76,20 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins; numba m
     numba.config.THREADING_LAYER = "default"
 
 JIT_DISABLED = bool(numba.config.DISABLE_JIT)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset[str]:
+    """The host CPU's features as LLVM names them ("avx2", "avx512f", "avx512vnni", "avx512bf16", ...): the
+    one probe every CPU-specific kernel is chosen by (Numba compiles for the host, so these are what its
+    LLVM may use)."""
+    try:
+        import llvmlite.binding as llvm
+        return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+    except Exception:  # pragma: no cover - unusual llvmlite builds: no feature-specific path
+        return frozenset()
+
+
 if JIT_DISABLED:
     def u32_as_f32(x):
         """Reinterpret the bits of a uint32 as float32 (plain Python twin of the intrinsic)."""

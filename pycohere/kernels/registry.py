@@ -24,7 +24,7 @@ from ..quant.activations import VEC_DOT_TYPE, round_activations, round_q8_0, rou
 from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
 from ..spec import layers as L
 from ..spec.params import ForwardState
-from . import attention, decode, dense, hf, int8_dot, iquant, quant, rounding
+from . import attention, decode, dense, hf, int8_dot, iquant, irows, quant, rounding
 from .dispatch import fast_weight
 
 
@@ -88,7 +88,7 @@ def _spec_round_q8_0(x):
 
 
 def _fast_round_q8_0(x):
-    q, d, _ = int8_dot.quantize_activations(x)
+    q, d, _ = int8_dot.quantize_activations(x, "q8_0")
     return (d[:, :, None] * q.reshape(q.shape[0], -1, 32).astype(np.float32)).reshape(x.shape)
 
 
@@ -110,16 +110,25 @@ def _fast_rounded_matmul(w, x):
     return int8_dot.gemv_rounded(x, w.arrays["qweight"], w.storage)
 
 
+def _reference_rounded_matmul(w, x):
+    s = w.storage
+    xq, xd, xb = int8_dot.quantize_activations(x, irows.KINDS[s])
+    q = np.ascontiguousarray(w.arrays["qweight"])
+    return np.array([[irows.REFERENCE[s](q, o, xq, r, xd, xb) for o in range(q.shape[0])] for r in range(x.shape[0])],
+                    np.float32)
+
+
 def _spec_round_q8_k(x):
     return round_q8_k(x)
 
 
 def _fast_round_q8_k(x):
-    q, d = iquant.quantize_q8_k_rows(x)
-    return (d[:, :, None] * q.reshape(q.shape[0], -1, 256).astype(np.float32)).reshape(x.shape)
+    q, d, _ = int8_dot.quantize_activations(x, "q8_k")
+    nb = x.shape[1] // 256
+    return (d[:, :nb, None] * q.reshape(q.shape[0], nb, 256).astype(np.float32)).reshape(x.shape)
 
 
-def _spec_rounded_matmul_q8_k(w, x):
+def _spec_rounded_matmul_q8_k(w, x):  # (q4_k, q6_k, iq4_xs: their vec_dot_type is Q8_K)
     return round_q8_k(x) @ w.dequantize(np.float32).T
 
 
@@ -188,7 +197,7 @@ def _twins() -> tuple[Twin, ...]:
         twins.append(Twin(f"dequantize/{scheme}", "dequantize", scheme, _spec_dequantize, _fast_dequantize,
                           (dequant,)))
         twins.append(Twin(f"rows/{scheme}", "rows", scheme, _spec_rows, _fast_rows, (dequant,)))
-    for kind, block in enumerate(decode.BLOCKS):
+    for kind, block in enumerate(decode.BLOCKS[:decode.Q8_0_Q8]):  # (the integer kinds: decode-rounded below)
         twins.append(Twin(f"decode/{decode.KIND_NAMES[kind]}", "decode", decode.KIND_NAMES[kind], _spec_decode_step,
                           _fast_decode_step, (decode.decode_layer, decode.decode_head, block), "softmax"))
     twins += [
@@ -198,27 +207,33 @@ def _twins() -> tuple[Twin, ...]:
              (attention.flash_attention,), "softmax"),
         Twin("attention/blocked", "attention", "float32", _spec_attention, _fast_blocked_attention,
              (attention.masked_softmax_rows,), "softmax"),
-        Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (int8_dot.quantize_q8_0_rows,)),
-        Twin("round/q8_k", "round", "q8_k", _spec_round_q8_k, _fast_round_q8_k, (iquant.quantize_q8_k_rows,)),
+        Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (rounding.quantize_rows,)),
+        Twin("round/q8_k", "round", "q8_k", _spec_round_q8_k, _fast_round_q8_k, (rounding.quantize_rows,)),
         Twin("permute/int4", "permute", "int4", _spec_permute, _fast_permute, (hf.permute_codes,)),
     ]
     # activations="llama.cpp": the decode step rounds its matmul inputs (kernels.rounding), then runs the
     # same block kernels; its twin is the spec step over LlamaCppActivations weights
     twins += [Twin(f"round-rows/{v}", "round-rows", v, _spec_round_rows, _fast_round_rows, (rounding.round_rows,))
               for v in ("f16", "bf16", "q8_0", "q8_k")]
-    for kind in decode.KIND_NAMES:
-        if VEC_DOT_TYPE.get(kind):
+    for kind in decode.KIND_NAMES[:decode.Q8_0_Q8]:
+        if VEC_DOT_TYPE.get(kind):  # on AVX2 hosts q8_0, q4_0, q4_k, q6_k run their integer rows here
+            integer = decode.INTEGER_KINDS.get(kind) if irows.AVAILABLE else None
+            kernels = (decode.decode_layer, decode.decode_head, rounding.round_rows, rounding.quantize_rows)
             twins.append(Twin(f"decode-rounded/{kind}", "decode-rounded", kind, _spec_decode_step,
-                              _fast_decode_step, (decode.decode_layer, decode.decode_head, rounding.round_rows),
+                              _fast_decode_step, kernels + ((decode.BLOCKS[integer],) if integer else ()),
                               "softmax"))
     if int8_dot.AVAILABLE:  # AVX2 hosts: integer dot products on rounded activations
-        twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s, _spec_rounded_matmul, _fast_rounded_matmul,
-                       (kernel,), "summation")
-                  for s, kernel in (("q8_0", int8_dot.gemv_q8_0_q8), ("q4_0", int8_dot.gemv_q4_0_q8))]
+        twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s,
+                       _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,
+                       _fast_rounded_matmul, (kernel,), "summation") for s, kernel in int8_dot.KERNELS.items()]
         twins += [Twin("rounded-matmul/iq4_nl", "rounded-matmul", "iq4_nl", _spec_rounded_matmul,
                        _fast_rounded_matmul_iq4, (iquant.gemv_iq4_nl_q8,), "summation"),
                   Twin("rounded-matmul/iq4_xs", "rounded-matmul", "iq4_xs", _spec_rounded_matmul_q8_k,
                        _fast_rounded_matmul_iq4, (iquant.gemv_iq4_xs_q8,), "summation")]
+    # the integer rows' plain loops (their readable form) against the same spec
+    twins += [Twin(f"rounded-reference/{s}", "rounded-matmul", s,
+                   _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,
+                   _reference_rounded_matmul, (ref,), "summation") for s, ref in irows.REFERENCE.items()]
     missing = {s for s in SCHEMES if not any(t.case == s for t in twins)}
     assert not missing, f"schemes without kernel twins: {missing}"  # (a table edit forgot one)
     return tuple(twins)

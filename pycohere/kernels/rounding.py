@@ -35,37 +35,83 @@ def round_rows(x, mode):
                 bits = np.uint32(0x7FC0) if v != v else (u + (((u >> np.uint32(16)) & np.uint32(1))
                                                               + np.uint32(0x7FFF))) >> np.uint32(16)
                 x[r, j] = u32_as_f32(bits << np.uint32(16))
-        elif mode == Q8_0:  # round_q8_0: d = fp16(amax / 127), q = rint(x * (127 / amax))
+        elif mode == Q8_0:
             for b in range(n // 32):
-                e = b * 32
-                amax = np.float32(0.0)
-                for l in range(32):
-                    a = abs(x[r, e + l])
-                    if a > amax or a != a:  # NaN propagates, as NumPy's max
-                        amax = a
-                    if amax != amax:
-                        break
-                inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
-                d = round_f16(amax / np.float32(127.0))
-                for l in range(32):
-                    x[r, e + l] = d * np.rint(x[r, e + l] * inv)
-        else:  # Q8_K, round_q8_k: the signed element of largest magnitude (first on ties, NaN first)
+                d, inv = _q8_0_scale(x, r, b * 32)
+                for l in range(b * 32, b * 32 + 32):
+                    x[r, l] = d * np.rint(x[r, l] * inv)
+        else:
             for b in range(n // 256):
-                e = b * 256
-                best = np.float32(-1.0)
-                at = 0
-                for l in range(256):
-                    a = abs(x[r, e + l])
-                    if a != a:
-                        at = l
-                        break
-                    if a > best:
-                        best, at = a, l
-                m = x[r, e + at]
-                iscale = np.float32(-127.0) / m if m != 0 else np.float32(0.0)
-                d = np.float32(1.0) / iscale if iscale != 0 else np.float32(0.0)
-                for l in range(256):
-                    q = np.rint(x[r, e + l] * iscale)
-                    if q > 127:
+                d, iscale = _q8_k_scale(x, r, b * 256)
+                for l in range(b * 256, b * 256 + 256):
+                    q = np.rint(x[r, l] * iscale)
+                    if q > 127:  # (not min(): a NaN must stay NaN)
                         q = np.float32(127.0)
-                    x[r, e + l] = d * q
+                    x[r, l] = d * q
+
+
+@njit(cache=True, inline="always")
+def _q8_0_scale(x, r, e):
+    """round_q8_0's (d, 1 / scale) of the block at x[r, e:e+32]: d = fp16(amax / 127), q = rint(x 127 / amax)."""
+    amax = np.float32(0.0)
+    for l in range(32):
+        a = abs(x[r, e + l])
+        if a > amax or a != a:  # NaN propagates, as NumPy's max
+            amax = a
+        if amax != amax:
+            break
+    inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+    return round_f16(amax / np.float32(127.0)), inv
+
+
+@njit(cache=True, inline="always")
+def _q8_k_scale(x, r, e):
+    """round_q8_k's (d, iscale) of the block at x[r, e:e+256]: the signed element of largest magnitude m
+    (first on ties, NaN first), iscale = -127 / m, q = min(127, rint(x iscale)), d = 1 / iscale."""
+    best = np.float32(-1.0)
+    at = 0
+    for l in range(256):
+        a = abs(x[r, e + l])
+        if a != a:
+            at = l
+            break
+        if a > best:
+            best, at = a, l
+    m = x[r, e + at]
+    iscale = np.float32(-127.0) / m if m != 0 else np.float32(0.0)
+    return (np.float32(1.0) / iscale if iscale != 0 else np.float32(0.0)), iscale
+
+
+@njit(cache=True)
+def quantize_rows(x, mode, xq, xd, xb):
+    """``round_rows(x, mode)``, and for Q8_0 / Q8_K also the codes, for ``kernels.irows``: xq (R, n) int8
+    <- q, xd (R, n / 32) float32 <- d of each block (Q8_K: entry k for block k of 256), xb (R, n / 16)
+    int16 <- the sums of q over each 16. A block holding NaN or inf gets d = NaN and codes 0, so the
+    integer rows give NaN where the spec does."""
+    if mode != Q8_0 and mode != Q8_K:
+        round_rows(x, mode)
+        return
+    R, n = x.shape
+    size = 32 if mode == Q8_0 else 256
+    for r in range(R):
+        for b in range(n // size):
+            e = b * size
+            if mode == Q8_0:
+                d, inv = _q8_0_scale(x, r, e)
+            else:
+                d, inv = _q8_k_scale(x, r, e)
+            finite = True
+            for l in range(e, e + size):
+                finite = finite and abs(x[r, l]) < np.inf
+            xd[r, b] = d if finite else np.float32(np.nan)
+            for l in range(e, e + size):
+                c = np.rint(x[r, l] * inv) if finite else np.float32(0.0)
+                if c > 127:
+                    c = np.float32(127.0)
+                xq[r, l] = np.int8(c)
+                x[r, l] = d * c if finite else np.float32(np.nan)
+        for g in range(n // 16):
+            t = np.int16(0)
+            for l in range(16 * g, 16 * g + 16):
+                t += np.int16(xq[r, l])
+            xb[r, g] = t

@@ -26,13 +26,13 @@ _F32, _HALF = ir.FloatType(), ir.HalfType()
 LANES = 16
 
 
-def _vec(t, n):
+def vec(t, n):
     return ir.VectorType(t, n)
 
 
-def _splat(builder, value, n=LANES):
-    v = builder.insert_element(ir.Constant(_vec(value.type, n), None), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(_vec(value.type, n), None), ir.Constant(_vec(_I32, n), [0] * n))
+def splat(builder, value, n=LANES):
+    v = builder.insert_element(ir.Constant(vec(value.type, n), None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vec(value.type, n), None), ir.Constant(vec(_I32, n), [0] * n))
 
 
 class _Row:
@@ -64,10 +64,10 @@ class _Row:
         return self.b.fpext(self.b.bitcast(bits, _HALF), _F32)
 
     def bytes(self, off, n=LANES):  # n weight bytes as <n x i8>
-        return self.b.load(self.b.bitcast(self.byte_ptr(off), _vec(_I8, n).as_pointer()), align=1)
+        return self.b.load(self.b.bitcast(self.byte_ptr(off), vec(_I8, n).as_pointer()), align=1)
 
     def xs(self, idx, n=LANES):  # x[idx : idx + n] as <n x float>
-        return self.b.load(self.b.bitcast(self.b.gep(self.x, [idx]), _vec(_F32, n).as_pointer()), align=4)
+        return self.b.load(self.b.bitcast(self.b.gep(self.x, [idx]), vec(_F32, n).as_pointer()), align=4)
 
     def block_sum(self, idx):
         return self.b.load(self.b.gep(self.xsum, [idx]))
@@ -79,13 +79,13 @@ class _Row:
         n = v.type.count
         while n > 1:
             n //= 2
-            lo = self.b.shuffle_vector(v, v, ir.Constant(_vec(_I32, n), list(range(n))))
-            hi = self.b.shuffle_vector(v, v, ir.Constant(_vec(_I32, n), list(range(n, 2 * n))))
+            lo = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n))))
+            hi = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n, 2 * n))))
             v = self.b.fadd(lo, hi)
         return self.b.extract_element(v, ir.Constant(_I32, 0))
 
 
-def _counted_loop(b, start, stop, init: list, body) -> list:
+def counted_loop(b, start, stop, init: list, body) -> list:
     """for k in range(start, stop): state = body(k, state); the final state (init when empty)."""
     entry = b.block
     loop = b.append_basic_block("loop")
@@ -123,7 +123,7 @@ def _block_loop(row: _Row, block_bytes: int, body, unroll: int):
     at a time. Returns (accs, corrs)."""
     b = row.b
     nb = b.sdiv(row.row_bytes, ir.Constant(_I64, block_bytes))
-    init = ([ir.Constant(_vec(_F32, LANES), [0.0] * LANES)] * ACCUMULATORS
+    init = ([ir.Constant(vec(_F32, LANES), [0.0] * LANES)] * ACCUMULATORS
             + [ir.Constant(_F32, 0.0)] * ACCUMULATORS)
     A = ACCUMULATORS
 
@@ -137,26 +137,26 @@ def _block_loop(row: _Row, block_bytes: int, body, unroll: int):
         return step
 
     groups = b.sdiv(nb, ir.Constant(_I64, unroll))
-    state = _counted_loop(b, ir.Constant(_I64, 0), groups, init, blocks(unroll))
+    state = counted_loop(b, ir.Constant(_I64, 0), groups, init, blocks(unroll))
     if unroll > 1:
-        state = _counted_loop(b, b.mul(groups, ir.Constant(_I64, unroll)), nb, state, blocks(1))
+        state = counted_loop(b, b.mul(groups, ir.Constant(_I64, unroll)), nb, state, blocks(1))
     return state[:A], state[A:]
 
 
-def _c(v, n=LANES, t=_I8):
-    return ir.Constant(_vec(t, n), [v] * n)
+def const(v, n=LANES, t=_I8):
+    return ir.Constant(vec(t, n), [v] * n)
 
 
 def _nibbles(row: _Row, off, n=LANES):
     """(low, high) nibbles of n bytes at off, as <n x float> (codes 0..15)."""
     b = row.b
     v = row.bytes(off, n)
-    low = b.uitofp(b.and_(v, _c(15, n)), _vec(_F32, n))
-    high = b.uitofp(b.lshr(v, _c(4, n)), _vec(_F32, n))
+    low = b.uitofp(b.and_(v, const(15, n)), vec(_F32, n))
+    high = b.uitofp(b.lshr(v, const(4, n)), vec(_F32, n))
     return low, high
 
 
-def _with(values: list, i: int, v) -> list:
+def replaced(values: list, i: int, v) -> list:
     out = list(values)
     out[i] = v
     return out
@@ -174,8 +174,8 @@ def _q4_body(with_min: bool):
         e = b.mul(k, ir.Constant(_I64, 32))
         t = b.fmul(row.xs(e), low)
         t = row.fma(row.xs(b.add(e, ir.Constant(_I64, 16))), high, t)
-        return (_with(accs, slot, row.fma(t, _splat(b, d), accs[slot])),
-                _with(corrs, slot, row.fma(per_sum, row.block_sum(k), corrs[slot])))
+        return (replaced(accs, slot, row.fma(t, splat(b, d), accs[slot])),
+                replaced(corrs, slot, row.fma(per_sum, row.block_sum(k), corrs[slot])))
     return body
 
 
@@ -189,21 +189,21 @@ def _q8_0_body(row, k, blk, accs, corrs, slot):
     e = b.mul(k, ir.Constant(_I64, 32))
     t = None
     for h in range(2):
-        codes = b.sitofp(row.bytes(b.add(blk, ir.Constant(_I64, 2 + 16 * h))), _vec(_F32, LANES))
+        codes = b.sitofp(row.bytes(b.add(blk, ir.Constant(_I64, 2 + 16 * h))), vec(_F32, LANES))
         xv = row.xs(b.add(e, ir.Constant(_I64, 16 * h)))
         t = b.fmul(xv, codes) if t is None else row.fma(xv, codes, t)
-    return _with(accs, slot, row.fma(t, _splat(b, d), accs[slot])), corrs
+    return replaced(accs, slot, row.fma(t, splat(b, d), accs[slot])), corrs
 
 
 # --- q4_K: 144 B per 256 = f16 d, f16 dmin, 12 B of 6-bit (scale, min), qs[128] (kquant.py's docstring)
-def _q4_k_scales_mins(row, blk):
+def q4_k_scales_mins(row, blk):
     """The eight 6-bit scales and mins of a Q4_K block as two <8 x i32> (get_scale_min_k4, vectorised):
     j < 4: sc = s[j] & 63, m = s[j+4] & 63; j >= 4: sc = (s[j+4] & 15) | (s[j-4] >> 6) << 4,
     m = (s[j+4] >> 4) | (s[j] >> 6) << 4, with s the 12 scale bytes at byte 4 of the block."""
     b = row.b
     s = row.bytes(b.add(blk, ir.Constant(_I64, 4)))  # bytes 4..19: the 12 scale bytes, then 4 of qs (unused)
-    pick = lambda idx: b.zext(b.shuffle_vector(s, s, ir.Constant(_vec(_I32, 8), idx)), _vec(_I32, 8))  # noqa: E731
-    v = lambda vals: ir.Constant(_vec(_I32, 8), vals)  # noqa: E731
+    pick = lambda idx: b.zext(b.shuffle_vector(s, s, ir.Constant(vec(_I32, 8), idx)), vec(_I32, 8))  # noqa: E731
+    v = lambda vals: ir.Constant(vec(_I32, 8), vals)  # noqa: E731
     low4, high4 = [63] * 4 + [15] * 4, [0] * 4 + [0xFFFF] * 4
     top_bits = lambda x: b.and_(b.shl(b.lshr(x, v([6] * 8)), v([4] * 8)), v(high4))  # noqa: E731
     a = pick([0, 1, 2, 3, 8, 9, 10, 11])       # s[j] (j < 4), s[j+4] (j >= 4)
@@ -217,16 +217,16 @@ def _q4_k_body(row, k, blk, accs, corrs, slot):
     b = row.b
     d, dmin = row.f16(blk), row.f16(b.add(blk, ir.Constant(_I64, 2)))
     e0 = b.mul(k, ir.Constant(_I64, 256))
-    sc, mn = _q4_k_scales_mins(row, blk)
-    f8 = _vec(_F32, 8)
-    scales = b.fmul(_splat(b, d, 8), b.uitofp(sc, f8))                    # d * sc_j, float32 as the spec
-    mins = b.fmul(_splat(b, dmin, 8), b.uitofp(mn, f8))                   # dmin * m_j
+    sc, mn = q4_k_scales_mins(row, blk)
+    f8 = vec(_F32, 8)
+    scales = b.fmul(splat(b, d, 8), b.uitofp(sc, f8))                    # d * sc_j, float32 as the spec
+    mins = b.fmul(splat(b, dmin, 8), b.uitofp(mn, f8))                   # dmin * m_j
     # the mins through the sub-block sums of x: sum_l x_l (s n_l - m) = s x.n - m sum x
     xsum = b.load(b.bitcast(b.gep(row.xsum, [b.mul(k, ir.Constant(_I64, 8))]), f8.as_pointer()), align=4)
-    corrs = _with(corrs, slot, b.fadd(corrs[slot], row.hsum(b.fmul(mins, xsum))))
+    corrs = replaced(corrs, slot, b.fadd(corrs[slot], row.hsum(b.fmul(mins, xsum))))
     for i in range(4):  # 32 bytes: low nibbles = sub-block 2i, high = 2i + 1; accumulator i
-        s_lo = _splat(b, b.extract_element(scales, ir.Constant(_I32, 2 * i)))
-        s_hi = _splat(b, b.extract_element(scales, ir.Constant(_I32, 2 * i + 1)))
+        s_lo = splat(b, b.extract_element(scales, ir.Constant(_I32, 2 * i)))
+        s_hi = splat(b, b.extract_element(scales, ir.Constant(_I32, 2 * i + 1)))
         t_lo = t_hi = None  # x . codes of each sub-block, 16 of the 32 bytes at a time, then one scale
         for h in range(2):
             low, high = _nibbles(row, b.add(blk, ir.Constant(_I64, 16 + 32 * i + 16 * h)))
@@ -234,7 +234,7 @@ def _q4_k_body(row, k, blk, accs, corrs, slot):
             x_lo, x_hi = row.xs(e), row.xs(b.add(e, ir.Constant(_I64, 32)))
             t_lo = b.fmul(x_lo, low) if t_lo is None else row.fma(x_lo, low, t_lo)
             t_hi = b.fmul(x_hi, high) if t_hi is None else row.fma(x_hi, high, t_hi)
-        accs = _with(accs, i, row.fma(t_hi, s_hi, row.fma(t_lo, s_lo, accs[i])))
+        accs = replaced(accs, i, row.fma(t_hi, s_hi, row.fma(t_lo, s_lo, accs[i])))
     return accs, corrs
 
 
@@ -251,12 +251,12 @@ def _q6_k_body(row, k, blk, accs, corrs, slot):
             hi = row.bytes(off(128 + 32 * h + 16 * g))
             parts = ((a, 0, 0), (a2, 0, 2), (a, 4, 4), (a2, 4, 6))  # (ql bytes, nibble shift, qh shift)
             for t, (lo_bytes, nib, pair) in enumerate(parts):  # accumulator t
-                low = b.and_(b.lshr(lo_bytes, _c(nib)), _c(15))
-                top = b.shl(b.and_(b.lshr(hi, _c(pair)), _c(3)), _c(4))
-                code = b.sub(b.or_(low, top), _c(32))  # -32..31 fits i8
+                low = b.and_(b.lshr(lo_bytes, const(nib)), const(15))
+                top = b.shl(b.and_(b.lshr(hi, const(pair)), const(3)), const(4))
+                code = b.sub(b.or_(low, top), const(32))  # -32..31 fits i8
                 scale = b.fmul(d, row.i8(off(192 + 8 * h + g + 2 * t)))
                 xv = row.xs(b.add(e0, ir.Constant(_I64, 128 * h + 32 * t + 16 * g)))
-                accs = _with(accs, t, row.fma(b.fmul(xv, b.sitofp(code, _vec(_F32, LANES))), _splat(b, scale),
+                accs = replaced(accs, t, row.fma(b.fmul(xv, b.sitofp(code, vec(_F32, LANES))), splat(b, scale),
                                               accs[t]))
     return accs, corrs
 

@@ -1,0 +1,504 @@
+"""Row dot products of the ggml block formats with 8-bit activation codes: llama.cpp's integer numerics.
+
+Under ``activations="llama.cpp"`` a matmul's input is rounded first (``pycohere.quant.activations``):
+to Q8_0 blocks of 32 for q8_0 / q4_0 weights (``x = d q``, d one fp16-valued float per block) and to
+Q8_K blocks of 256 for q4_K / q6_K (d a float32 per block, plus the sums of q over each 16). The spec then
+multiplies the rounded x by the dequantized weights in float32. Because the weight codes and q are small
+integers, the same sum can be formed as llama.cpp forms it (ggml-cpu/arch/x86/quants.c
+``ggml_vec_dot_q4_0_q8_0``, ``_q8_0_q8_0``, ``_q4_K_q8_K``, ``_q6_K_q8_K``): an exact integer dot product of
+the codes per block (per 32 or 16 values under a sub-block scale), then one float multiply by the
+blocks' scales. The plain loops ``ref_*`` below are the readable form of each sum; the ``dot_*`` intrinsics
+are the same sums as LLVM vector IR:
+
+* ``vpmaddubsw`` (unsigned x signed bytes, adjacent pairs summed to int16) then ``vpmaddwd`` (int16 pairs
+  to int32, times ones or a sub-block scale). Exact: the largest pair sum is 2 * 128 * 127 < 2**15.
+  Signed weights (q8_0, q4_0 after its offset of 8) move their sign onto the activation first
+  (``|w| * sign(w) q``, quants.c ``mul_sum_i8_pairs``).
+* ``vpdpbusd`` (AVX512-VNNI / AVX-VNNI: the u8 x s8 dot of 4 bytes accumulated into int32, one instruction)
+  in place of the pair for q8_0 and q4_0 where the CPU has it.
+* four float accumulators (independent chains, as ``kernels.vrows``), one horizontal sum per row.
+
+Each intrinsic: ``dot(q, o, xq, r, xd, xb) -> float32``: row ``o`` of q (out, blocks * block_bytes) u8
+times activation row ``r`` given as codes xq (R, in) int8, block scales xd (R, in / 32) float32 (Q8_K:
+entry k is the scale of block k of 256) and 16-value code sums xb (R, in / 16) int16 (the q4_K mins and the
+q6_K offset of 32 enter through them). Built only on x86-64 with AVX2 (``AVAILABLE``; the feature probe is
+``kernels.jit.cpu_features``); elsewhere the engine runs the float kernels on the rounded x, which is the
+spec read literally. Equal to the spec up to float32 summation order (tests/test_kernel_twins.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import JIT_DISABLED, cpu_features, f16_as_f32, njit
+
+_FEATURES = cpu_features()
+AVAILABLE = not JIT_DISABLED and "avx2" in _FEATURES
+VNNI = AVAILABLE and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _FEATURES)
+# q8_0 / q4_0 two blocks per 512-bit vpdpbusd where the CPU has AVX-512 VNNI and byte ops (else 256-bit)
+WIDE = 16 if AVAILABLE and {"avx512vnni", "avx512bw", "avx512f"} <= _FEATURES else 8
+WIDE_CHAINS = 2 if WIDE == 16 else 4  # float accumulator chains of the four-block loop
+#: weight kinds with an integer row (``kernels.decode``), and the rounding their input needs
+KINDS = {"q8_0": "q8_0", "q4_0": "q8_0", "q4_k": "q8_k", "q6_k": "q8_k"}
+
+
+def isa() -> str:
+    """The instructions the integer rows use on this host (for the decode report)."""
+    if not AVAILABLE:
+        return "none (float kernels on the rounded activations)"
+    return "vpdpbusd (VNNI) for q8_0/q4_0, vpmaddubsw+vpmaddwd for k-quants" if VNNI else "vpmaddubsw+vpmaddwd"
+
+
+# --- the readable form: exact integer sums per block, one float scale each --------------------------------
+@njit(cache=True)
+def ref_q8_0(q, o, xq, r, xd, xb):
+    """q8_0 (34 B: f16 d, int8 qs[32]) . Q8_0 codes: sum_b d_w d_x sum_l w_l q_l."""
+    t = np.float32(0.0)
+    for k in range(q.shape[1] // 34):
+        s = 0
+        for l in range(32):
+            s += np.int32(np.int8(q[o, 34 * k + 2 + l])) * np.int32(xq[r, 32 * k + l])
+        dw = f16_as_f32(np.uint16(q[o, 34 * k]) | (np.uint16(q[o, 34 * k + 1]) << np.uint16(8)))
+        t += (dw * xd[r, k]) * np.float32(s)
+    return t
+
+
+@njit(cache=True)
+def ref_q4_0(q, o, xq, r, xd, xb):
+    """q4_0 (18 B: f16 d, qs[16]; byte l holds element l low, l + 16 high; w = d (n - 8)) . Q8_0 codes."""
+    t = np.float32(0.0)
+    for k in range(q.shape[1] // 18):
+        s = 0
+        for l in range(16):
+            byte = np.int32(q[o, 18 * k + 2 + l])
+            s += ((byte & 15) - 8) * np.int32(xq[r, 32 * k + l]) + ((byte >> 4) - 8) * np.int32(xq[r, 32 * k + 16 + l])
+        dw = f16_as_f32(np.uint16(q[o, 18 * k]) | (np.uint16(q[o, 18 * k + 1]) << np.uint16(8)))
+        t += (dw * xd[r, k]) * np.float32(s)
+    return t
+
+
+@njit(cache=True)
+def _scale_min_k4(q, o, blk, j):
+    """get_scale_min_k4 (ggml-quants.c): sub-block j's 6-bit (scale, min) from the 12 bytes at blk + 4."""
+    s = blk + 4
+    if j < 4:
+        return np.int32(q[o, s + j]) & 63, np.int32(q[o, s + j + 4]) & 63
+    sc = (np.int32(q[o, s + j + 4]) & 15) | ((np.int32(q[o, s + j - 4]) >> 6) << 4)
+    mn = (np.int32(q[o, s + j + 4]) >> 4) | ((np.int32(q[o, s + j]) >> 6) << 4)
+    return sc, mn
+
+
+@njit(cache=True)
+def ref_q4_k(q, o, xq, r, xd, xb):
+    """q4_K (144 B per 256: f16 d, f16 dmin, 12 B scales/mins, qs[128]; w = d sc_j n - dmin m_j) . Q8_K:
+    d_x (d sum_j sc_j sum_l n_l q_l - dmin sum_j m_j sum_l q_l), the last sums from the 16-value sums xb."""
+    t = np.float32(0.0)
+    for k in range(q.shape[1] // 144):
+        blk = 144 * k
+        d = f16_as_f32(np.uint16(q[o, blk]) | (np.uint16(q[o, blk + 1]) << np.uint16(8)))
+        dmin = f16_as_f32(np.uint16(q[o, blk + 2]) | (np.uint16(q[o, blk + 3]) << np.uint16(8)))
+        s, m = 0, 0
+        for j in range(8):
+            sc, mn = _scale_min_k4(q, o, blk, j)
+            e = 256 * k + 32 * j
+            sj = 0
+            for l in range(32):  # sub-block j: the low nibbles of bytes 32 (j // 2).. (j even), else the high
+                byte = np.int32(q[o, blk + 16 + 32 * (j // 2) + l])
+                sj += ((byte >> 4) if j % 2 else (byte & 15)) * np.int32(xq[r, e + l])
+            s += sc * sj
+            m += mn * (np.int32(xb[r, 16 * k + 2 * j]) + np.int32(xb[r, 16 * k + 2 * j + 1]))
+        t += xd[r, k] * (d * np.float32(s) - dmin * np.float32(m))
+    return t
+
+
+@njit(cache=True)
+def ref_q6_k(q, o, xq, r, xd, xb):
+    """q6_K (210 B per 256: ql[128], qh[64], int8 sc[16], f16 d; w = d sc_g (c - 32)) . Q8_K:
+    d d_x sum_g sc_g (sum_l c_l q_l - 32 sum_l q_l)."""
+    t = np.float32(0.0)
+    for k in range(q.shape[1] // 210):
+        blk = 210 * k
+        s = 0
+        for h in range(2):
+            for l in range(32):
+                hi = np.int32(q[o, blk + 128 + 32 * h + l])
+                a, a2 = np.int32(q[o, blk + 64 * h + l]), np.int32(q[o, blk + 64 * h + 32 + l])
+                codes = ((a & 15) | ((hi & 3) << 4), (a2 & 15) | (((hi >> 2) & 3) << 4),
+                         (a >> 4) | (((hi >> 4) & 3) << 4), (a2 >> 4) | (((hi >> 6) & 3) << 4))
+                for t4 in range(4):
+                    v = 128 * h + 32 * t4 + l
+                    sc = np.int32(np.int8(q[o, blk + 192 + v // 16]))
+                    s += sc * (codes[t4] - 32) * np.int32(xq[r, 256 * k + v])
+        d = f16_as_f32(np.uint16(q[o, blk + 208]) | (np.uint16(q[o, blk + 209]) << np.uint16(8)))
+        t += (d * xd[r, k]) * np.float32(s)
+    return t
+
+
+REFERENCE = {"q8_0": ref_q8_0, "q4_0": ref_q4_0, "q4_k": ref_q4_k, "q6_k": ref_q6_k}
+
+if AVAILABLE:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    from .vrows import ACCUMULATORS, const, counted_loop, q4_k_scales_mins, replaced, splat, vec
+
+    _I1, _I8, _I16, _I32, _I64, _F32 = (ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32),
+                                        ir.IntType(64), ir.FloatType())
+    _F8 = vec(_F32, 8)
+
+    class _IRow:
+        """Pointers and the integer operations for one (weight row, activation row) pair inside a codegen."""
+
+        def __init__(self, context, builder, signature, args):
+            qa, o, xqa, r, xda, xba = args
+            qt, _, xqt, _, xdt, xbt = signature.args
+            b = self.b = builder
+            arr = lambda t, a: context.make_array(t)(context, builder, a)  # noqa: E731
+            q, xq, xd, xb = arr(qt, qa), arr(xqt, xqa), arr(xdt, xda), arr(xbt, xba)
+            i8p = _I8.as_pointer()
+            row = lambda a, i: b.gep(b.bitcast(a.data, i8p), [b.mul(i, b.extract_value(a.strides, 0))])  # noqa
+            self.w, self.row_bytes = row(q, o), b.extract_value(q.shape, 1)
+            self.xq = row(xq, r)
+            self.xd = b.bitcast(row(xd, r), _F32.as_pointer())
+            self.xb = row(xb, r)
+            mod = b.module
+            fn = lambda name, ret, params: mod.declare_intrinsic(name, fnty=ir.FunctionType(ret, params))  # noqa
+            self.maddubs = fn("llvm.x86.avx2.pmadd.ub.sw", vec(_I16, 16), [vec(_I8, 32), vec(_I8, 32)])
+            self.maddwd = fn("llvm.x86.avx2.pmadd.wd", vec(_I32, 8), [vec(_I16, 16), vec(_I16, 16)])
+            self.psign = fn("llvm.x86.avx2.psign.b", vec(_I8, 32), [vec(_I8, 32), vec(_I8, 32)])
+            self.pabs = fn("llvm.abs.v32i8", vec(_I8, 32), [vec(_I8, 32), _I1])
+            self.maddwd128 = fn("llvm.x86.sse2.pmadd.wd", vec(_I32, 4), [vec(_I16, 8), vec(_I16, 8)])
+            if VNNI:
+                self.dpbusd = fn("llvm.x86.avx512.vpdpbusd.256", vec(_I32, 8), [vec(_I32, 8)] * 3)
+            if WIDE == 16:
+                self.dpbusd512 = fn("llvm.x86.avx512.vpdpbusd.512", vec(_I32, 16), [vec(_I32, 16)] * 3)
+                self.pabs64 = fn("llvm.abs.v64i8", vec(_I8, 64), [vec(_I8, 64), _I1])
+                self.maddubs512 = fn("llvm.x86.avx512.pmaddubs.w.512", vec(_I16, 32), [vec(_I8, 64)] * 2)
+                self.maddwd512 = fn("llvm.x86.avx512.pmaddw.d.512", vec(_I32, 16), [vec(_I16, 32)] * 2)
+                self.dpwssd512 = fn("llvm.x86.avx512.vpdpwssd.512", vec(_I32, 16), [vec(_I32, 16)] * 3)
+
+        def dot512(self, u, x):
+            """vpdpbusd on 64 bytes: sum of u * x over each 4 (u unsigned, x signed), <16 x i32>."""
+            b = self.b
+            as32 = lambda v: b.bitcast(v, vec(_I32, 16))  # noqa: E731
+            return b.call(self.dpbusd512, [ir.Constant(vec(_I32, 16), [0] * 16), as32(u), as32(x)])
+
+        def at(self, ptr, off, vtype):
+            return self.b.load(self.b.bitcast(self.b.gep(ptr, [off]), vtype.as_pointer()), align=1)
+
+        def off(self, base, k):
+            return self.b.add(base, ir.Constant(_I64, k))
+
+        def f16(self, off):
+            bits = self.at(self.w, off, _I16)
+            return self.b.fpext(self.b.bitcast(bits, ir.HalfType()), _F32)
+
+        def codes(self, e):  # 32 activation codes from value e
+            return self.at(self.xq, e, vec(_I8, 32))
+
+        def scale(self, k):  # d_x of block k
+            return self.b.load(self.b.gep(self.xd, [k]))
+
+        def sums16(self, k):  # the 16 sums of 16 codes of Q8_K block k, <16 x i16>
+            return self.at(self.xb, self.b.mul(k, ir.Constant(_I64, 32)), vec(_I16, 16))
+
+        def signed_dot(self, w, x):
+            """sum of w * x over each 4 bytes of two <32 x i8> (w, x signed): <8 x i32>, exact."""
+            b = self.b
+            aw, sx = b.call(self.pabs, [w, ir.Constant(_I1, 0)]), b.call(self.psign, [x, w])
+            if VNNI:
+                as32 = lambda v: b.bitcast(v, vec(_I32, 8))  # noqa: E731
+                return b.call(self.dpbusd, [ir.Constant(vec(_I32, 8), [0] * 8), as32(aw), as32(sx)])
+            return b.call(self.maddwd, [b.call(self.maddubs, [aw, sx]), ir.Constant(vec(_I16, 16), [1] * 16)])
+
+        def unsigned_dot(self, u, x):
+            """sum of u * x over each 4 bytes (u unsigned < 128, x signed): <8 x i32>, exact."""
+            b = self.b
+            if VNNI:
+                as32 = lambda v: b.bitcast(v, vec(_I32, 8))  # noqa: E731
+                return b.call(self.dpbusd, [ir.Constant(vec(_I32, 8), [0] * 8), as32(u), as32(x)])
+            return b.call(self.maddwd, [b.call(self.maddubs, [u, x]), ir.Constant(vec(_I16, 16), [1] * 16)])
+
+        def scaled_dot(self, u, x, scales16):
+            """sum of u * x * scale over pairs (u unsigned < 128, x signed, scales16 <16 x i16> per pair):
+            vpmaddubsw then vpmaddwd with the scales, <8 x i32>, exact (k-quants' sub-block scales)."""
+            return self.b.call(self.maddwd, [self.b.call(self.maddubs, [u, x]), scales16])
+
+        def scaled_dot512(self, u, x, scales32, acc=None):
+            """acc + the 512-bit ``scaled_dot`` of 64 bytes (scales32 <32 x i16> per pair): <16 x i32>; with
+            VNNI the scaling and the accumulation are one vpdpwssd."""
+            b = self.b
+            pairs = b.call(self.maddubs512, [u, x])
+            if VNNI:
+                as32 = lambda v: b.bitcast(v, vec(_I32, 16))  # noqa: E731
+                zero = ir.Constant(vec(_I32, 16), [0] * 16)
+                return b.call(self.dpwssd512, [zero if acc is None else acc, as32(pairs), as32(scales32)])
+            p = b.call(self.maddwd512, [pairs, scales32])
+            return p if acc is None else b.add(acc, p)
+
+        def halves(self, v):
+            """<16 x i32> -> the sum of its halves, <8 x i32> (an <8 x i32> passes through)."""
+            if v.type.count == 8:
+                return v
+            b = self.b
+            half = lambda lo: b.shuffle_vector(v, v, ir.Constant(vec(_I32, 8), list(range(lo, lo + 8))))  # noqa
+            return b.add(half(0), half(8))
+
+        def fma(self, ints, scale, acc):  # acc + float(ints) * scale (scale a float32 scalar)
+            b = self.b
+            return b.fadd(b.fmul(b.sitofp(ints, _F8), splat(b, scale, 8), flags=["contract"]), acc,
+                          flags=["contract"])
+
+        def hsum(self, v):
+            n = v.type.count
+            while n > 1:
+                n //= 2
+                lo = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n))))
+                hi = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n, 2 * n))))
+                v = self.b.fadd(lo, hi)
+            return self.b.extract_element(v, ir.Constant(_I32, 0))
+
+    def _block_loop(row, block_bytes, body, unroll):
+        """sum over the row's blocks into ACCUMULATORS <8 x float> chains, ``unroll`` blocks per iteration
+        (block u of an iteration feeds chain u), then the rest one at a time."""
+        b = row.b
+        nb = b.sdiv(row.row_bytes, ir.Constant(_I64, block_bytes))
+        init = [ir.Constant(_F8, [0.0] * 8)] * ACCUMULATORS
+
+        def blocks(count):
+            def step(i, accs):
+                for u in range(count):
+                    k = b.add(b.mul(i, ir.Constant(_I64, count)), ir.Constant(_I64, u)) if count > 1 else i
+                    accs = replaced(accs, u, body(row, k, b.mul(k, ir.Constant(_I64, block_bytes)), accs[u]))
+                return accs
+            return step
+
+        groups = b.sdiv(nb, ir.Constant(_I64, unroll))
+        accs = counted_loop(b, ir.Constant(_I64, 0), groups, init, blocks(unroll))
+        accs = counted_loop(b, b.mul(groups, ir.Constant(_I64, unroll)), nb, accs, blocks(1))
+        return b.fadd(b.fadd(accs[0], accs[1]), b.fadd(accs[2], accs[3]))
+
+    def _block_loop4(row, block_bytes, body4, body, corr_sign):
+        """sum over the row's blocks, four per iteration (``body4`` (accs, corr) -> (accs, corr): WIDE_CHAINS
+        accumulators of ``WIDE`` floats and a <4 x float> correction beside them, added times ``corr_sign``),
+        then the rest one at a time (``body``, into one <8 x float>)."""
+        b = row.b
+        nb = b.sdiv(row.row_bytes, ir.Constant(_I64, block_bytes))
+        groups = b.sdiv(nb, ir.Constant(_I64, 4))
+        chains = WIDE_CHAINS
+
+        def step(i, state):
+            k = b.mul(i, ir.Constant(_I64, 4))
+            accs, corr = body4(row, k, b.mul(k, ir.Constant(_I64, block_bytes)), state[:chains], state[chains])
+            return list(accs) + [corr]
+
+        init = [ir.Constant(vec(_F32, WIDE), [0.0] * WIDE)] * chains + [ir.Constant(vec(_F32, 4), [0.0] * 4)]
+        state = counted_loop(b, ir.Constant(_I64, 0), groups, init, step)
+
+        def one(k, acc):
+            return [body(row, k, b.mul(k, ir.Constant(_I64, block_bytes)), acc[0])]
+
+        rest = counted_loop(b, b.mul(groups, ir.Constant(_I64, 4)), nb, [ir.Constant(_F8, [0.0] * 8)], one)[0]
+        main = state[0]
+        for a in state[1:chains]:
+            main = b.fadd(main, a)
+        total = b.fadd(row.hsum(main), row.hsum(rest))
+        if corr_sign == 0:
+            return total
+        return b.fadd(total, b.fmul(ir.Constant(_F32, corr_sign), row.hsum(state[chains])))
+
+    def _nibbles32(row, off):
+        """The 32 codes n - 8 of a q4_0 block's 16 bytes at off, in element order, <32 x i8>."""
+        b = row.b
+        qs = row.at(row.w, off, vec(_I8, 16))
+        low, high = b.and_(qs, const(15, 16)), b.lshr(qs, const(4, 16))
+        return b.sub(b.shuffle_vector(low, high, ir.Constant(vec(_I32, 32), list(range(32)))), const(8, 32))
+
+    # --- q8_0 . Q8_0 and q4_0 . Q8_0: per block 32 codes, one integer dot, one scale d_w d_x. Four blocks at a
+    # time: their scales d_w d_x as one <4 x float> (f16 -> f32 and the product once per four), and q4_0's
+    # offset of 8 through the code sums: sum (n - 8) q = n . q - 8 sum q, so the nibbles go to vpdpbusd
+    # unsigned, as they are, and the offsets of four blocks cost one vector multiply-add.
+    def _scales4(row, k, blk, block_bytes):
+        """(d_w d_x) of blocks k..k+3 as <4 x float>."""
+        b = row.b
+        bits = ir.Constant(vec(_I16, 4), None)
+        for u in range(4):
+            bits = b.insert_element(bits, row.at(row.w, row.off(blk, block_bytes * u), _I16), ir.Constant(_I32, u))
+        dw = b.fpext(b.bitcast(bits, vec(ir.HalfType(), 4)), vec(_F32, 4))
+        return b.fmul(dw, row.at(b.bitcast(row.xd, _I8.as_pointer()), b.mul(k, ir.Constant(_I64, 4)), vec(_F32, 4)))
+
+    def _lane(b, v, u):
+        return b.extract_element(v, ir.Constant(_I32, u))
+
+    def _q8_0_body4(row, k, blk, accs, corr):
+        b = row.b
+        s4 = _scales4(row, k, blk, 34)
+        for u in range(4):
+            w = row.at(row.w, row.off(blk, 34 * u + 2), vec(_I8, 32))
+            ints = row.signed_dot(w, row.codes(b.mul(row.off(k, u), ir.Constant(_I64, 32))))
+            accs = replaced(accs, u, row.fma(ints, _lane(b, s4, u), accs[u]))
+        return accs, corr
+
+    def _q4_0_body4(row, k, blk, accs, corr):
+        b = row.b
+        s4 = _scales4(row, k, blk, 18)
+        for u in range(4):
+            qs = row.at(row.w, row.off(blk, 18 * u + 2), vec(_I8, 16))
+            nib = b.shuffle_vector(b.and_(qs, const(15, 16)), b.lshr(qs, const(4, 16)),
+                                   ir.Constant(vec(_I32, 32), list(range(32))))  # [low | high] = x order
+            ints = row.unsigned_dot(nib, row.codes(b.mul(row.off(k, u), ir.Constant(_I64, 32))))
+            accs = replaced(accs, u, row.fma(ints, _lane(b, s4, u), accs[u]))
+        # sum q of each block: its two 16-sums, pairwise (vpmaddwd with ones)
+        sums = b.call(row.maddwd128, [row.at(row.xb, b.mul(k, ir.Constant(_I64, 4)), vec(_I16, 8)),
+                                      ir.Constant(vec(_I16, 8), [1] * 8)])
+        return accs, b.fadd(b.fmul(s4, b.sitofp(sums, vec(_F32, 4)), flags=["contract"]), corr, flags=["contract"])
+
+    def _q8_0_body4_wide(row, k, blk, accs, corr):
+        """Two blocks per 512-bit vpdpbusd: blocks 2p, 2p + 1 -> chain p (AVX-512 VNNI hosts)."""
+        b = row.b
+        s4 = _scales4(row, k, blk, 34)
+        accs = list(accs)
+        for p in range(2):
+            w = b.shuffle_vector(row.at(row.w, row.off(blk, 68 * p + 2), vec(_I8, 32)),
+                                 row.at(row.w, row.off(blk, 68 * p + 36), vec(_I8, 32)),
+                                 ir.Constant(vec(_I32, 64), list(range(64))))
+            x = row.at(row.xq, b.mul(row.off(k, 2 * p), ir.Constant(_I64, 32)), vec(_I8, 64))
+            aw = b.call(row.pabs64, [w, ir.Constant(_I1, 0)])
+            sx = b.select(b.icmp_signed("<", w, const(0, 64)), b.sub(const(0, 64), x), x)  # sign(w) x (w = 0: |w| = 0)
+            ints = row.dot512(aw, sx)
+            sc = b.shuffle_vector(s4, s4, ir.Constant(vec(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
+            accs[p] = b.fadd(b.fmul(b.sitofp(ints, vec(_F32, 16)), sc, flags=["contract"]), accs[p],
+                             flags=["contract"])
+        return accs, corr
+
+    def _q4_0_body4_wide(row, k, blk, accs, corr):
+        """Two blocks per 512-bit vpdpbusd (unsigned nibbles, the offset through the code sums)."""
+        b = row.b
+        s4 = _scales4(row, k, blk, 18)
+        accs = list(accs)
+        for p in range(2):
+            qs = b.shuffle_vector(row.at(row.w, row.off(blk, 36 * p + 2), vec(_I8, 16)),
+                                  row.at(row.w, row.off(blk, 36 * p + 20), vec(_I8, 16)),
+                                  ir.Constant(vec(_I32, 32), list(range(32))))
+            low, high = b.and_(qs, const(15, 32)), b.lshr(qs, const(4, 32))
+            nib = b.shuffle_vector(low, high, ir.Constant(vec(_I32, 64), list(range(16)) + list(range(32, 48))
+                                                          + list(range(16, 32)) + list(range(48, 64))))
+            x = row.at(row.xq, b.mul(row.off(k, 2 * p), ir.Constant(_I64, 32)), vec(_I8, 64))
+            ints = row.dot512(nib, x)
+            sc = b.shuffle_vector(s4, s4, ir.Constant(vec(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
+            accs[p] = b.fadd(b.fmul(b.sitofp(ints, vec(_F32, 16)), sc, flags=["contract"]), accs[p],
+                             flags=["contract"])
+        sums = b.call(row.maddwd128, [row.at(row.xb, b.mul(k, ir.Constant(_I64, 4)), vec(_I16, 8)),
+                                      ir.Constant(vec(_I16, 8), [1] * 8)])
+        return accs, b.fadd(b.fmul(s4, b.sitofp(sums, vec(_F32, 4)), flags=["contract"]), corr, flags=["contract"])
+
+    def _q8_0_body(row, k, blk, acc):
+        b = row.b
+        w = row.at(row.w, row.off(blk, 2), vec(_I8, 32))
+        ints = row.signed_dot(w, row.codes(b.mul(k, ir.Constant(_I64, 32))))
+        return row.fma(ints, b.fmul(row.f16(blk), row.scale(k)), acc)
+
+    def _q4_0_body(row, k, blk, acc):
+        b = row.b
+        ints = row.signed_dot(_nibbles32(row, row.off(blk, 2)), row.codes(b.mul(k, ir.Constant(_I64, 32))))
+        return row.fma(ints, b.fmul(row.f16(blk), row.scale(k)), acc)
+
+    # --- q4_K . Q8_K: per 256, sum_j sc_j (n . q)_j in int32, the mins through the 16-value sums
+    def _q4_k_body(row, k, blk, acc):
+        b = row.b
+        sc, mn = q4_k_scales_mins(_ScaleReader(row), blk)
+        sc16, mn16 = b.trunc(sc, vec(_I16, 8)), b.trunc(mn, vec(_I16, 8))
+        e0 = b.mul(k, ir.Constant(_I64, 256))
+        ints = None
+        for i in range(4):  # 32 bytes: low nibbles = sub-block 2i, high = 2i + 1
+            v = row.at(row.w, row.off(blk, 16 + 32 * i), vec(_I8, 32))
+            low, high = b.and_(v, const(15, 32)), b.lshr(v, const(4, 32))
+            if WIDE == 16:  # both sub-blocks in one 512-bit multiply-add: [low | high] = 64 values in x order
+                s32 = b.shuffle_vector(sc16, sc16, ir.Constant(vec(_I32, 32), [2 * i] * 16 + [2 * i + 1] * 16))
+                ints = row.scaled_dot512(b.shuffle_vector(low, high, ir.Constant(vec(_I32, 64), list(range(64)))),
+                                         row.at(row.xq, row.off(e0, 64 * i), vec(_I8, 64)), s32, ints)
+                continue
+            for half, codes in enumerate((low, high)):
+                j = 2 * i + half
+                s16 = b.shuffle_vector(sc16, sc16, ir.Constant(vec(_I32, 16), [j] * 16))
+                p = row.scaled_dot(codes, row.codes(row.off(e0, 64 * i + 32 * half)), s16)
+                ints = p if ints is None else b.add(ints, p)
+        ints = row.halves(ints)
+        mins = row.b.call(row.maddwd, [row.sums16(k), b.shuffle_vector(
+            mn16, mn16, ir.Constant(vec(_I32, 16), [j // 2 for j in range(16)]))])  # m_j (B_2j + B_2j+1)
+        dx = row.scale(k)
+        acc = row.fma(ints, b.fmul(row.f16(blk), dx), acc)
+        return row.fma(mins, b.fmul(b.fneg(row.f16(row.off(blk, 2))), dx), acc)
+
+    class _ScaleReader:
+        """The ``bytes`` reader vrows' Q4_K scale unpacking expects, over an integer row's weights."""
+
+        def __init__(self, row):
+            self.b, self._row = row.b, row
+
+        def bytes(self, off, n=16):
+            return self._row.at(self._row.w, off, vec(_I8, n))
+
+    # --- q6_K . Q8_K: per 256, sum_g sc_g (c . q)_g - 32 sum_g sc_g B_g, all in int32
+    def _q6_k_body(row, k, blk, acc):
+        b = row.b
+        e0 = b.mul(k, ir.Constant(_I64, 256))
+        sc = row.at(row.w, row.off(blk, 192), vec(_I8, 16))
+        ints = None
+        m3 = const(3, 32)
+        for h in range(2):
+            a = row.at(row.w, row.off(blk, 64 * h), vec(_I8, 32))
+            a2 = row.at(row.w, row.off(blk, 64 * h + 32), vec(_I8, 32))
+            hi = row.at(row.w, row.off(blk, 128 + 32 * h), vec(_I8, 32))
+            top = lambda s: b.shl(b.and_(b.lshr(hi, const(s, 32)), m3), const(4, 32))  # noqa: E731
+            parts = (b.or_(b.and_(a, const(15, 32)), top(0)), b.or_(b.and_(a2, const(15, 32)), top(2)),
+                     b.or_(b.lshr(a, const(4, 32)), top(4)), b.or_(b.lshr(a2, const(4, 32)), top(6)))
+            if WIDE == 16:  # parts (0, 1) and (2, 3) in one 512-bit multiply-add each: 64 values in x order
+                for t in (0, 2):
+                    g = 8 * h + 2 * t
+                    idx = [g + i for i in range(4) for _ in range(8)]
+                    s32 = b.sext(b.shuffle_vector(sc, sc, ir.Constant(vec(_I32, 32), idx)), vec(_I16, 32))
+                    codes = b.shuffle_vector(parts[t], parts[t + 1], ir.Constant(vec(_I32, 64), list(range(64))))
+                    ints = row.scaled_dot512(codes, row.at(row.xq, row.off(e0, 128 * h + 32 * t), vec(_I8, 64)), s32,
+                                             ints)
+                continue
+            for t, codes in enumerate(parts):  # values 128h + 32t ..: scales 8h + 2t (first 16), + 1
+                g = 8 * h + 2 * t
+                s16 = b.sext(b.shuffle_vector(sc, sc, ir.Constant(vec(_I32, 16), [g] * 8 + [g + 1] * 8)),
+                             vec(_I16, 16))
+                p = row.scaled_dot(codes, row.codes(row.off(e0, 128 * h + 32 * t)), s16)
+                ints = p if ints is None else b.add(ints, p)
+        ints = row.halves(ints)
+        offset = b.call(row.maddwd, [row.sums16(k), b.sext(sc, vec(_I16, 16))])  # sum_g sc_g B_g
+        ints = b.sub(ints, b.shl(offset, ir.Constant(vec(_I32, 8), [5] * 8)))
+        return row.fma(ints, b.fmul(row.f16(row.off(blk, 208)), row.scale(k)), acc)
+
+    def _intrinsic(block_bytes, body, unroll):
+        def codegen(context, builder, signature, args):
+            row = _IRow(context, builder, signature, args)
+            return row.hsum(_block_loop(row, block_bytes, body, unroll))
+
+        @intrinsic
+        def dot(typingctx, q, o, xq, r, xd, xb):
+            return types.float32(q, o, xq, r, xd, xb), codegen
+        return dot
+
+    def _intrinsic4(block_bytes, body4, body, corr_sign):
+        def codegen(context, builder, signature, args):
+            return _block_loop4(_IRow(context, builder, signature, args), block_bytes, body4, body, corr_sign)
+
+        @intrinsic
+        def dot(typingctx, q, o, xq, r, xd, xb):
+            return types.float32(q, o, xq, r, xd, xb), codegen
+        return dot
+
+    if WIDE == 16:
+        dot_q8_0 = _intrinsic4(34, _q8_0_body4_wide, _q8_0_body, 0.0)
+        dot_q4_0 = _intrinsic4(18, _q4_0_body4_wide, _q4_0_body, -8.0)
+    else:
+        dot_q8_0 = _intrinsic4(34, _q8_0_body4, _q8_0_body, 0.0)
+        dot_q4_0 = _intrinsic4(18, _q4_0_body4, _q4_0_body, -8.0)
+    dot_q4_k = _intrinsic(144, _q4_k_body, ACCUMULATORS)
+    dot_q6_k = _intrinsic(210, _q6_k_body, ACCUMULATORS)
+else:
+    dot_q8_0, dot_q4_0, dot_q4_k, dot_q6_k = ref_q8_0, ref_q4_0, ref_q4_k, ref_q6_k
