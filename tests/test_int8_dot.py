@@ -94,7 +94,56 @@ def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     decode = rng.standard_normal((2, 1, 96)).astype(np.float32)
     np.testing.assert_array_equal(A.matmul(decode), int8_dot.gemv_rounded(decode.reshape(2, 96), W.arrays["qweight"],
                                                                            "q4_0").reshape(2, 1, 16))
-    prefill = rng.standard_normal((12, 96)).astype(np.float32)  # more rows than a GEMV: spec path
-    np.testing.assert_array_equal(A.matmul(prefill), W.matmul(round_q8_0(prefill)))
-    assert int8_dot.gemv_rounded(prefill, W.arrays["qweight"], "q4_0") is None
+    prefill = rng.standard_normal((13, 96)).astype(np.float32)  # more rows than a GEMV: the GEMM
+    got = A.matmul(prefill)
+    codes = int8_dot.quantize_activations(prefill)
+    np.testing.assert_array_equal(got, int8_dot.gemm_q4_0_q8(W.arrays["qweight"], *codes))
+    bound = 1e-5 * (np.abs(round_q8_0(prefill)) @ np.abs(W.dequantize()).T)
+    assert np.all(np.abs(got - W.matmul(round_q8_0(prefill))) <= bound)
+    Wk = _weight(rng, "q4_k", 4, 1)
+    K = fast_weight(LlamaCppActivations(Wk, "w"))  # k-quants' prefill: the spec path
+    x = rng.standard_normal((13, 256)).astype(np.float32)
+    assert int8_dot.gemv_rounded(x, Wk.arrays["qweight"], "q4_k") is None
+    np.testing.assert_array_equal(K.matmul(x), fast_weight(Wk).matmul(round_activations(x, "q8_k")))
     assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q5_k") is None  # no integer kernel
+
+
+NARROW_CHECK = """
+import numpy as np
+from pycohere.kernels import int8_dot, irows
+from pycohere.quant.activations import VEC_DOT_TYPE, round_activations
+import test_int8_dot as t
+assert (irows.VNNI, irows.WIDE) == ({vnni}, 8), (irows.VNNI, irows.WIDE)
+rng = np.random.default_rng(7)
+for scheme in int8_dot.SCHEMES:
+    for out, blocks, rows in ((3, 1, 2), (5, 6, 13), (9, 9, 2)):  # remainder and four-block loops; a GEMM
+        W = t._weight(rng, scheme, out, blocks)
+        rows = rows if scheme in int8_dot.GEMM_KERNELS else 2
+        x = rng.standard_normal((rows, W.shape[1])).astype(np.float32)
+        rounded = round_activations(x, VEC_DOT_TYPE[scheme])
+        got = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
+        bound = 1e-5 * (np.abs(rounded) @ np.abs(W.dequantize()).T) + 1e-30
+        assert np.all(np.abs(got - rounded @ W.dequantize().T) <= bound), scheme
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("mask,vnni", [("avx512f,avx512vnni,avxvnni", False), ("avx512f,avx512vnni", True)],
+                         ids=["avx2", "avx-vnni-256"])
+def test_the_narrower_paths_equal_the_spec(mask, vnni):
+    """On an AVX-512 host, the AVX2 (vpmaddubsw) and 256-bit VNNI paths other CPUs take, run by masking
+    features (kernels.jit.MASK_VARIABLE); on a host without them the mask changes nothing and the check
+    of the default path runs again."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from pycohere.kernels.jit import MASK_VARIABLE, cpu_features
+    if vnni and not ({"avxvnni"} <= cpu_features() or {"avx512vnni", "avx512vl"} <= cpu_features()):
+        vnni = False  # (this host has no VNNI at all: the 256-bit VNNI path cannot run here)
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, **{MASK_VARIABLE: mask, "PYTHONPATH": os.pathsep.join(
+        [str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])})
+    run = subprocess.run([sys.executable, "-c", NARROW_CHECK.format(vnni=vnni)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

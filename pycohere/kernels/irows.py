@@ -149,7 +149,7 @@ if AVAILABLE:
     class _IRow:
         """Pointers and the integer operations for one (weight row, activation row) pair inside a codegen."""
 
-        def __init__(self, context, builder, signature, args):
+        def __init__(self, context, builder, signature, args, tokens=1):
             qa, o, xqa, r, xda, xba = args
             qt, _, xqt, _, xdt, xbt = signature.args
             b = self.b = builder
@@ -158,9 +158,9 @@ if AVAILABLE:
             i8p = _I8.as_pointer()
             row = lambda a, i: b.gep(b.bitcast(a.data, i8p), [b.mul(i, b.extract_value(a.strides, 0))])  # noqa
             self.w, self.row_bytes = row(q, o), b.extract_value(q.shape, 1)
-            self.xq = row(xq, r)
-            self.xd = b.bitcast(row(xd, r), _F32.as_pointer())
-            self.xb = row(xb, r)
+            self.tokens = [(row(xq, rt), b.bitcast(row(xd, rt), _F32.as_pointer()), row(xb, rt))
+                           for rt in (b.add(r, ir.Constant(_I64, t)) for t in range(tokens))]
+            self.xq, self.xd, self.xb = self.tokens[0]
             mod = b.module
             fn = lambda name, ret, params: mod.declare_intrinsic(name, fnty=ir.FunctionType(ret, params))  # noqa
             self.maddubs = fn("llvm.x86.avx2.pmadd.ub.sw", vec(_I16, 16), [vec(_I8, 32), vec(_I8, 32)])
@@ -176,6 +176,13 @@ if AVAILABLE:
                 self.maddubs512 = fn("llvm.x86.avx512.pmaddubs.w.512", vec(_I16, 32), [vec(_I8, 64)] * 2)
                 self.maddwd512 = fn("llvm.x86.avx512.pmaddw.d.512", vec(_I32, 16), [vec(_I16, 32)] * 2)
                 self.dpwssd512 = fn("llvm.x86.avx512.vpdpwssd.512", vec(_I32, 16), [vec(_I32, 16)] * 3)
+
+        def token(self, t):
+            """This row against activation row r + t: the same weights and operations, token t's pointers."""
+            view = object.__new__(_IRow)
+            view.__dict__.update(self.__dict__)
+            view.xq, view.xd, view.xb = self.tokens[t]
+            return view
 
         def dot512(self, u, x):
             """vpdpbusd on 64 bytes: sum of u * x over each 4 (u unsigned, x signed), <16 x i32>."""
@@ -278,35 +285,6 @@ if AVAILABLE:
         accs = counted_loop(b, b.mul(groups, ir.Constant(_I64, unroll)), nb, accs, blocks(1))
         return b.fadd(b.fadd(accs[0], accs[1]), b.fadd(accs[2], accs[3]))
 
-    def _block_loop4(row, block_bytes, body4, body, corr_sign):
-        """sum over the row's blocks, four per iteration (``body4`` (accs, corr) -> (accs, corr): WIDE_CHAINS
-        accumulators of ``WIDE`` floats and a <4 x float> correction beside them, added times ``corr_sign``),
-        then the rest one at a time (``body``, into one <8 x float>)."""
-        b = row.b
-        nb = b.sdiv(row.row_bytes, ir.Constant(_I64, block_bytes))
-        groups = b.sdiv(nb, ir.Constant(_I64, 4))
-        chains = WIDE_CHAINS
-
-        def step(i, state):
-            k = b.mul(i, ir.Constant(_I64, 4))
-            accs, corr = body4(row, k, b.mul(k, ir.Constant(_I64, block_bytes)), state[:chains], state[chains])
-            return list(accs) + [corr]
-
-        init = [ir.Constant(vec(_F32, WIDE), [0.0] * WIDE)] * chains + [ir.Constant(vec(_F32, 4), [0.0] * 4)]
-        state = counted_loop(b, ir.Constant(_I64, 0), groups, init, step)
-
-        def one(k, acc):
-            return [body(row, k, b.mul(k, ir.Constant(_I64, block_bytes)), acc[0])]
-
-        rest = counted_loop(b, b.mul(groups, ir.Constant(_I64, 4)), nb, [ir.Constant(_F8, [0.0] * 8)], one)[0]
-        main = state[0]
-        for a in state[1:chains]:
-            main = b.fadd(main, a)
-        total = b.fadd(row.hsum(main), row.hsum(rest))
-        if corr_sign == 0:
-            return total
-        return b.fadd(total, b.fmul(ir.Constant(_F32, corr_sign), row.hsum(state[chains])))
-
     def _nibbles32(row, off):
         """The 32 codes n - 8 of a q4_0 block's 16 bytes at off, in element order, <32 x i8>."""
         b = row.b
@@ -315,82 +293,145 @@ if AVAILABLE:
         return b.sub(b.shuffle_vector(low, high, ir.Constant(vec(_I32, 32), list(range(32)))), const(8, 32))
 
     # --- q8_0 . Q8_0 and q4_0 . Q8_0: per block 32 codes, one integer dot, one scale d_w d_x. Four blocks at a
-    # time: their scales d_w d_x as one <4 x float> (f16 -> f32 and the product once per four), and q4_0's
-    # offset of 8 through the code sums: sum (n - 8) q = n . q - 8 sum q, so the nibbles go to vpdpbusd
-    # unsigned, as they are, and the offsets of four blocks cost one vector multiply-add.
-    def _scales4(row, k, blk, block_bytes):
-        """(d_w d_x) of blocks k..k+3 as <4 x float>."""
+    # time: their scales d_w d_x as one <4 x float> (f16 -> f32 once per four), and q4_0's offset of 8 through
+    # the code sums: sum (n - 8) q = n . q - 8 sum q, so the nibbles go to vpdpbusd unsigned, as they are, and
+    # the offsets of four blocks cost one vector multiply-add. Each body is split in two: ``unpack`` reads the
+    # four weight blocks once, ``apply`` multiplies them with one token's codes, so that several tokens (a
+    # prefill's rows) share the weight loads and unpacking.
+    def _dw4(row, blk, block_bytes):
+        """d_w of blocks k..k+3 (f16 at the start of each) as <4 x float>."""
         b = row.b
         bits = ir.Constant(vec(_I16, 4), None)
         for u in range(4):
             bits = b.insert_element(bits, row.at(row.w, row.off(blk, block_bytes * u), _I16), ir.Constant(_I32, u))
-        dw = b.fpext(b.bitcast(bits, vec(ir.HalfType(), 4)), vec(_F32, 4))
-        return b.fmul(dw, row.at(b.bitcast(row.xd, _I8.as_pointer()), b.mul(k, ir.Constant(_I64, 4)), vec(_F32, 4)))
+        return b.fpext(b.bitcast(bits, vec(ir.HalfType(), 4)), vec(_F32, 4))
+
+    def _dx4(row, k):
+        return row.at(row.b.bitcast(row.xd, _I8.as_pointer()), row.b.mul(k, ir.Constant(_I64, 4)), vec(_F32, 4))
 
     def _lane(b, v, u):
         return b.extract_element(v, ir.Constant(_I32, u))
 
-    def _q8_0_body4(row, k, blk, accs, corr):
-        b = row.b
-        s4 = _scales4(row, k, blk, 34)
-        for u in range(4):
-            w = row.at(row.w, row.off(blk, 34 * u + 2), vec(_I8, 32))
-            ints = row.signed_dot(w, row.codes(b.mul(row.off(k, u), ir.Constant(_I64, 32))))
-            accs = replaced(accs, u, row.fma(ints, _lane(b, s4, u), accs[u]))
-        return accs, corr
+    def _codes_at(row, k, n):  # the codes of blocks k.. as <n x i8>
+        return row.at(row.xq, row.b.mul(k, ir.Constant(_I64, 32)), vec(_I8, n))
 
-    def _q4_0_body4(row, k, blk, accs, corr):
+    def _scaled(b, ints, scale, acc):  # acc + float(ints) * scale, vectors of one width
+        return b.fadd(b.fmul(b.sitofp(ints, vec(_F32, ints.type.count)), scale, flags=["contract"]), acc,
+                      flags=["contract"])
+
+    def _offset_sums(row, k, s4, corr):
+        """corr + s4 * (sum of the codes of blocks k..k+3): their two 16-sums, pairwise (vpmaddwd with ones)."""
         b = row.b
-        s4 = _scales4(row, k, blk, 18)
-        for u in range(4):
-            qs = row.at(row.w, row.off(blk, 18 * u + 2), vec(_I8, 16))
-            nib = b.shuffle_vector(b.and_(qs, const(15, 16)), b.lshr(qs, const(4, 16)),
-                                   ir.Constant(vec(_I32, 32), list(range(32))))  # [low | high] = x order
-            ints = row.unsigned_dot(nib, row.codes(b.mul(row.off(k, u), ir.Constant(_I64, 32))))
-            accs = replaced(accs, u, row.fma(ints, _lane(b, s4, u), accs[u]))
-        # sum q of each block: its two 16-sums, pairwise (vpmaddwd with ones)
         sums = b.call(row.maddwd128, [row.at(row.xb, b.mul(k, ir.Constant(_I64, 4)), vec(_I16, 8)),
                                       ir.Constant(vec(_I16, 8), [1] * 8)])
-        return accs, b.fadd(b.fmul(s4, b.sitofp(sums, vec(_F32, 4)), flags=["contract"]), corr, flags=["contract"])
+        return b.fadd(b.fmul(s4, b.sitofp(sums, vec(_F32, 4)), flags=["contract"]), corr, flags=["contract"])
 
-    def _q8_0_body4_wide(row, k, blk, accs, corr):
-        """Two blocks per 512-bit vpdpbusd: blocks 2p, 2p + 1 -> chain p (AVX-512 VNNI hosts)."""
+    def _pair_scales(b, s4, p):  # [s_2p x 8, s_2p+1 x 8]
+        return b.shuffle_vector(s4, s4, ir.Constant(vec(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
+
+    def _q4_0_unpack(row, blk):
         b = row.b
-        s4 = _scales4(row, k, blk, 34)
+        if WIDE == 16:  # two blocks per 512-bit vector: [low_a | high_a | low_b | high_b] = x order
+            nibs = []
+            for p in range(2):
+                qs = b.shuffle_vector(row.at(row.w, row.off(blk, 36 * p + 2), vec(_I8, 16)),
+                                      row.at(row.w, row.off(blk, 36 * p + 20), vec(_I8, 16)),
+                                      ir.Constant(vec(_I32, 32), list(range(32))))
+                low, high = b.and_(qs, const(15, 32)), b.lshr(qs, const(4, 32))
+                order = list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64))
+                nibs.append(b.shuffle_vector(low, high, ir.Constant(vec(_I32, 64), order)))
+        else:
+            nibs = []
+            for u in range(4):
+                qs = row.at(row.w, row.off(blk, 18 * u + 2), vec(_I8, 16))
+                nibs.append(b.shuffle_vector(b.and_(qs, const(15, 16)), b.lshr(qs, const(4, 16)),
+                                             ir.Constant(vec(_I32, 32), list(range(32)))))  # [low | high]
+        return _dw4(row, blk, 18), nibs
+
+    def _q4_0_apply(row, k, unpacked, accs, corr):
+        b = row.b
+        dw4, nibs = unpacked
+        s4 = b.fmul(dw4, _dx4(row, k))
         accs = list(accs)
-        for p in range(2):
-            w = b.shuffle_vector(row.at(row.w, row.off(blk, 68 * p + 2), vec(_I8, 32)),
-                                 row.at(row.w, row.off(blk, 68 * p + 36), vec(_I8, 32)),
-                                 ir.Constant(vec(_I32, 64), list(range(64))))
-            x = row.at(row.xq, b.mul(row.off(k, 2 * p), ir.Constant(_I64, 32)), vec(_I8, 64))
-            aw = b.call(row.pabs64, [w, ir.Constant(_I1, 0)])
-            sx = b.select(b.icmp_signed("<", w, const(0, 64)), b.sub(const(0, 64), x), x)  # sign(w) x (w = 0: |w| = 0)
-            ints = row.dot512(aw, sx)
-            sc = b.shuffle_vector(s4, s4, ir.Constant(vec(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
-            accs[p] = b.fadd(b.fmul(b.sitofp(ints, vec(_F32, 16)), sc, flags=["contract"]), accs[p],
-                             flags=["contract"])
+        if WIDE == 16:
+            for p in range(2):
+                ints = row.dot512(nibs[p], _codes_at(row, row.off(k, 2 * p), 64))
+                accs[p] = _scaled(b, ints, _pair_scales(b, s4, p), accs[p])
+        else:
+            for u in range(4):
+                ints = row.unsigned_dot(nibs[u], _codes_at(row, row.off(k, u), 32))
+                accs[u] = _scaled(b, ints, splat(b, _lane(b, s4, u), 8), accs[u])
+        return accs, _offset_sums(row, k, s4, corr)
+
+    def _q8_0_unpack(row, blk):
+        b = row.b
+        if WIDE == 16:  # |w| and w's sign of two blocks per 512-bit vector (no vpsignb on 512 bits: a select)
+            out = []
+            for p in range(2):
+                w = b.shuffle_vector(row.at(row.w, row.off(blk, 68 * p + 2), vec(_I8, 32)),
+                                     row.at(row.w, row.off(blk, 68 * p + 36), vec(_I8, 32)),
+                                     ir.Constant(vec(_I32, 64), list(range(64))))
+                out.append((b.call(row.pabs64, [w, ir.Constant(_I1, 0)]), b.icmp_signed("<", w, const(0, 64))))
+        else:
+            out = [row.at(row.w, row.off(blk, 34 * u + 2), vec(_I8, 32)) for u in range(4)]
+        return _dw4(row, blk, 34), out
+
+    def _q8_0_apply(row, k, unpacked, accs, corr):
+        b = row.b
+        dw4, ws = unpacked
+        s4 = b.fmul(dw4, _dx4(row, k))
+        accs = list(accs)
+        if WIDE == 16:
+            for p, (aw, negative) in enumerate(ws):
+                x = _codes_at(row, row.off(k, 2 * p), 64)
+                ints = row.dot512(aw, b.select(negative, b.sub(const(0, 64), x), x))  # |w| . sign(w) x
+                accs[p] = _scaled(b, ints, _pair_scales(b, s4, p), accs[p])
+        else:
+            for u in range(4):
+                ints = row.signed_dot(ws[u], _codes_at(row, row.off(k, u), 32))
+                accs[u] = _scaled(b, ints, splat(b, _lane(b, s4, u), 8), accs[u])
         return accs, corr
 
-    def _q4_0_body4_wide(row, k, blk, accs, corr):
-        """Two blocks per 512-bit vpdpbusd (unsigned nibbles, the offset through the code sums)."""
+    def _block_loop4(row, block_bytes, unpack, apply, body, corr_sign, tokens):
+        """Per token t < ``tokens``: the sum over the row's blocks against activation row r + t. Four blocks per
+        iteration: ``unpack`` them once, ``apply`` them to each token (WIDE_CHAINS accumulators of WIDE floats
+        and a <4 x float> correction per token, added times ``corr_sign``); then the rest one block at a time
+        (``body``, into one <8 x float> per token). Returns the ``tokens`` float32 sums."""
         b = row.b
-        s4 = _scales4(row, k, blk, 18)
-        accs = list(accs)
-        for p in range(2):
-            qs = b.shuffle_vector(row.at(row.w, row.off(blk, 36 * p + 2), vec(_I8, 16)),
-                                  row.at(row.w, row.off(blk, 36 * p + 20), vec(_I8, 16)),
-                                  ir.Constant(vec(_I32, 32), list(range(32))))
-            low, high = b.and_(qs, const(15, 32)), b.lshr(qs, const(4, 32))
-            nib = b.shuffle_vector(low, high, ir.Constant(vec(_I32, 64), list(range(16)) + list(range(32, 48))
-                                                          + list(range(16, 32)) + list(range(48, 64))))
-            x = row.at(row.xq, b.mul(row.off(k, 2 * p), ir.Constant(_I64, 32)), vec(_I8, 64))
-            ints = row.dot512(nib, x)
-            sc = b.shuffle_vector(s4, s4, ir.Constant(vec(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
-            accs[p] = b.fadd(b.fmul(b.sitofp(ints, vec(_F32, 16)), sc, flags=["contract"]), accs[p],
-                             flags=["contract"])
-        sums = b.call(row.maddwd128, [row.at(row.xb, b.mul(k, ir.Constant(_I64, 4)), vec(_I16, 8)),
-                                      ir.Constant(vec(_I16, 8), [1] * 8)])
-        return accs, b.fadd(b.fmul(s4, b.sitofp(sums, vec(_F32, 4)), flags=["contract"]), corr, flags=["contract"])
+        nb = b.sdiv(row.row_bytes, ir.Constant(_I64, block_bytes))
+        groups = b.sdiv(nb, ir.Constant(_I64, 4))
+        views = [row.token(t) for t in range(tokens)]
+        per = WIDE_CHAINS + 1
+
+        def step(i, state):
+            k = b.mul(i, ir.Constant(_I64, 4))
+            unpacked = unpack(row, b.mul(k, ir.Constant(_I64, block_bytes)))
+            out = []
+            for t, view in enumerate(views):
+                mine = state[per * t:per * (t + 1)]
+                accs, corr = apply(view, k, unpacked, mine[:WIDE_CHAINS], mine[WIDE_CHAINS])
+                out += list(accs) + [corr]
+            return out
+
+        one_token = [ir.Constant(vec(_F32, WIDE), [0.0] * WIDE)] * WIDE_CHAINS + [ir.Constant(vec(_F32, 4), [0.0] * 4)]
+        state = counted_loop(b, ir.Constant(_I64, 0), groups, one_token * tokens, step)
+
+        def one(k, accs):
+            blk = b.mul(k, ir.Constant(_I64, block_bytes))
+            return [body(view, k, blk, acc) for view, acc in zip(views, accs)]
+
+        rest = counted_loop(b, b.mul(groups, ir.Constant(_I64, 4)), nb, [ir.Constant(_F8, [0.0] * 8)] * tokens, one)
+        totals = []
+        for t in range(tokens):
+            chains = state[per * t:per * t + WIDE_CHAINS]
+            main = chains[0]
+            for a in chains[1:]:
+                main = b.fadd(main, a)
+            total = b.fadd(row.hsum(main), row.hsum(rest[t]))
+            if corr_sign != 0:
+                total = b.fadd(total, b.fmul(ir.Constant(_F32, corr_sign), row.hsum(state[per * t + WIDE_CHAINS])))
+            totals.append(total)
+        return totals
 
     def _q8_0_body(row, k, blk, acc):
         b = row.b
@@ -483,22 +524,28 @@ if AVAILABLE:
             return types.float32(q, o, xq, r, xd, xb), codegen
         return dot
 
-    def _intrinsic4(block_bytes, body4, body, corr_sign):
+    def _intrinsic4(block_bytes, unpack, apply, body, corr_sign, tokens=1):
+        """dot(q, o, xq, r, xd, xb): float32, or with ``tokens`` > 1 a tuple of the dots with rows r..r+tokens-1
+        of x (the caller keeps r + tokens <= R)."""
         def codegen(context, builder, signature, args):
-            return _block_loop4(_IRow(context, builder, signature, args), block_bytes, body4, body, corr_sign)
+            row = _IRow(context, builder, signature, args, tokens)
+            totals = _block_loop4(row, block_bytes, unpack, apply, body, corr_sign, tokens)
+            return totals[0] if tokens == 1 else context.make_tuple(builder, signature.return_type, totals)
+
+        result = types.float32 if tokens == 1 else types.UniTuple(types.float32, tokens)
 
         @intrinsic
         def dot(typingctx, q, o, xq, r, xd, xb):
-            return types.float32(q, o, xq, r, xd, xb), codegen
+            return result(q, o, xq, r, xd, xb), codegen
         return dot
 
-    if WIDE == 16:
-        dot_q8_0 = _intrinsic4(34, _q8_0_body4_wide, _q8_0_body, 0.0)
-        dot_q4_0 = _intrinsic4(18, _q4_0_body4_wide, _q4_0_body, -8.0)
-    else:
-        dot_q8_0 = _intrinsic4(34, _q8_0_body4, _q8_0_body, 0.0)
-        dot_q4_0 = _intrinsic4(18, _q4_0_body4, _q4_0_body, -8.0)
+    dot_q8_0 = _intrinsic4(34, _q8_0_unpack, _q8_0_apply, _q8_0_body, 0.0)
+    dot_q4_0 = _intrinsic4(18, _q4_0_unpack, _q4_0_apply, _q4_0_body, -8.0)
+    #: the same rows against four activation rows at once (a prefill's GEMM: the weights unpacked once)
+    dot4_q8_0 = _intrinsic4(34, _q8_0_unpack, _q8_0_apply, _q8_0_body, 0.0, tokens=4)
+    dot4_q4_0 = _intrinsic4(18, _q4_0_unpack, _q4_0_apply, _q4_0_body, -8.0, tokens=4)
     dot_q4_k = _intrinsic(144, _q4_k_body, ACCUMULATORS)
     dot_q6_k = _intrinsic(210, _q6_k_body, ACCUMULATORS)
 else:
     dot_q8_0, dot_q4_0, dot_q4_k, dot_q6_k = ref_q8_0, ref_q4_0, ref_q4_k, ref_q6_k
+    dot4_q8_0 = dot4_q4_0 = None  # (int8_dot's GEMMs are used only where AVAILABLE)

@@ -44,7 +44,13 @@ def kernels_digest(folder: Path | None = None) -> str:
     h = hashlib.sha256()
     for f in sorted((folder or Path(__file__).parent).glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
+    h.update(os.environ.get(MASK_VARIABLE, "").encode())  # a masked feature changes the IR the kernels emit
     return h.hexdigest()[:12]
+
+
+#: comma-separated CPU features the kernels act as if the host lacked ("avx512f,avx512vnni,avxvnni" runs the
+#: AVX2 paths on an AVX-512 machine: how those paths are tested there). Numba still compiles for the host.
+MASK_VARIABLE = "PYCOHERE_MASK_CPU_FEATURES"
 
 
 def user_cache_dir(environ=os.environ) -> Path | None:
@@ -85,9 +91,10 @@ def cpu_features() -> frozenset[str]:
     LLVM may use)."""
     try:
         import llvmlite.binding as llvm
-        return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+        found = frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
     except Exception:  # pragma: no cover - unusual llvmlite builds: no feature-specific path
         return frozenset()
+    return found - {f.strip() for f in os.environ.get(MASK_VARIABLE, "").split(",")}
 
 
 if JIT_DISABLED:
