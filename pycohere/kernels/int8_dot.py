@@ -114,14 +114,46 @@ def gemm_q4_0_q8(q, xq, xd, xb):
     return y
 
 
-GEMM_KERNELS = {"q8_0": gemm_q8_0_q8, "q4_0": gemm_q4_0_q8}
+@njit(cache=True, parallel=True)
+def gemm_q4_k_q8k(q, xq, xd, xb):
+    R, O = xq.shape[0], q.shape[0]
+    y = np.empty((R, O), dtype=np.float32)
+    for r0 in range(0, R, TILE_ROWS):
+        r1 = min(R, r0 + TILE_ROWS)
+        for o in prange(O):
+            r = r0
+            while r + 4 <= r1:
+                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4_q4_k(q, o, xq, r, xd, xb)
+                r += 4
+            for rr in range(r, r1):
+                y[rr, o] = irows.dot_q4_k(q, o, xq, rr, xd, xb)
+    return y
+
+
+@njit(cache=True, parallel=True)
+def gemm_q6_k_q8k(q, xq, xd, xb):
+    R, O = xq.shape[0], q.shape[0]
+    y = np.empty((R, O), dtype=np.float32)
+    for r0 in range(0, R, TILE_ROWS):
+        r1 = min(R, r0 + TILE_ROWS)
+        for o in prange(O):
+            r = r0
+            while r + 4 <= r1:
+                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4_q6_k(q, o, xq, r, xd, xb)
+                r += 4
+            for rr in range(r, r1):
+                y[rr, o] = irows.dot_q6_k(q, o, xq, rr, xd, xb)
+    return y
+
+
+GEMM_KERNELS = {"q8_0": gemm_q8_0_q8, "q4_0": gemm_q4_0_q8, "q4_k": gemm_q4_k_q8k, "q6_k": gemm_q6_k_q8k}
 KERNELS = {"q8_0": gemv_q8_0_q8, "q4_0": gemv_q4_0_q8, "q4_k": gemv_q4_k_q8k, "q6_k": gemv_q6_k_q8k}
 _BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_k": (256, 144), "q6_k": (256, 210)}  # values, bytes
 
 
 def gemv_rounded(x2: np.ndarray, qweight: np.ndarray, scheme: str) -> np.ndarray | None:
     """x2 (R, in) float32 rounded as llama.cpp rounds it for ``scheme``, times a q8_0 / q4_0 / q4_k / q6_k
-    weight, as integer dot products (more than GEMV_MAX_ROWS rows: the GEMMs, q8_0 / q4_0); None when this
+    weight, as integer dot products (more than GEMV_MAX_ROWS rows: the GEMMs); None when this
     host or shape has no kernel (the caller then takes the spec path)."""
     if not AVAILABLE or scheme not in SCHEMES or (x2.shape[0] > GEMV_MAX_ROWS and scheme not in GEMM_KERNELS):
         return None

@@ -445,31 +445,48 @@ if AVAILABLE:
         return row.fma(ints, b.fmul(row.f16(blk), row.scale(k)), acc)
 
     # --- q4_K . Q8_K: per 256, sum_j sc_j (n . q)_j in int32, the mins through the 16-value sums
-    def _q4_k_body(row, k, blk, acc):
+    def _q4_k_unpack(row, blk):
+        """A q4_K block's codes as the multiply-adds take them, with their scales: (d, dmin, [(codes, scales)],
+        mins <16 x i16> per 16-sum)."""
         b = row.b
         sc, mn = q4_k_scales_mins(_ScaleReader(row), blk)
         sc16, mn16 = b.trunc(sc, vec(_I16, 8)), b.trunc(mn, vec(_I16, 8))
-        e0 = b.mul(k, ir.Constant(_I64, 256))
-        ints = None
+        parts = []
         for i in range(4):  # 32 bytes: low nibbles = sub-block 2i, high = 2i + 1
             v = row.at(row.w, row.off(blk, 16 + 32 * i), vec(_I8, 32))
             low, high = b.and_(v, const(15, 32)), b.lshr(v, const(4, 32))
             if WIDE == 16:  # both sub-blocks in one 512-bit multiply-add: [low | high] = 64 values in x order
                 s32 = b.shuffle_vector(sc16, sc16, ir.Constant(vec(_I32, 32), [2 * i] * 16 + [2 * i + 1] * 16))
-                ints = row.scaled_dot512(b.shuffle_vector(low, high, ir.Constant(vec(_I32, 64), list(range(64)))),
-                                         row.at(row.xq, row.off(e0, 64 * i), vec(_I8, 64)), s32, ints)
-                continue
-            for half, codes in enumerate((low, high)):
-                j = 2 * i + half
-                s16 = b.shuffle_vector(sc16, sc16, ir.Constant(vec(_I32, 16), [j] * 16))
-                p = row.scaled_dot(codes, row.codes(row.off(e0, 64 * i + 32 * half)), s16)
-                ints = p if ints is None else b.add(ints, p)
-        ints = row.halves(ints)
-        mins = row.b.call(row.maddwd, [row.sums16(k), b.shuffle_vector(
-            mn16, mn16, ir.Constant(vec(_I32, 16), [j // 2 for j in range(16)]))])  # m_j (B_2j + B_2j+1)
+                parts.append((b.shuffle_vector(low, high, ir.Constant(vec(_I32, 64), list(range(64)))), s32))
+            else:
+                parts += [(codes, b.shuffle_vector(sc16, sc16, ir.Constant(vec(_I32, 16), [2 * i + half] * 16)))
+                          for half, codes in enumerate((low, high))]
+        mins = b.shuffle_vector(mn16, mn16, ir.Constant(vec(_I32, 16), [j // 2 for j in range(16)]))  # m_j per 16
+        return row.f16(blk), row.f16(row.off(blk, 2)), parts, mins
+
+    def _q4_k_apply(row, k, unpacked, acc):
+        b = row.b
+        d, dmin, parts, mins16 = unpacked
+        ints = _scaled_parts(row, b.mul(k, ir.Constant(_I64, 256)), parts)
+        mins = b.call(row.maddwd, [row.sums16(k), mins16])  # m_j (B_2j + B_2j+1)
         dx = row.scale(k)
-        acc = row.fma(ints, b.fmul(row.f16(blk), dx), acc)
-        return row.fma(mins, b.fmul(b.fneg(row.f16(row.off(blk, 2))), dx), acc)
+        acc = row.fma(ints, b.fmul(d, dx), acc)
+        return row.fma(mins, b.fmul(b.fneg(dmin), dx), acc)
+
+    def _scaled_parts(row, e0, parts):
+        """sum over (codes, scales) parts, consecutive in x from value e0, of the scaled integer dots: <8 x i32>."""
+        b = row.b
+        ints, e = None, e0
+        for codes, scales in parts:
+            n = codes.type.count
+            x = row.at(row.xq, e, vec(_I8, n))
+            if n == 64:
+                ints = row.scaled_dot512(codes, x, scales, ints)
+            else:
+                p = row.scaled_dot(codes, x, scales)
+                ints = p if ints is None else b.add(ints, p)
+            e = row.off(e, n)
+        return row.halves(ints)
 
     class _ScaleReader:
         """The ``bytes`` reader vrows' Q4_K scale unpacking expects, over an integer row's weights."""
@@ -481,12 +498,12 @@ if AVAILABLE:
             return self._row.at(self._row.w, off, vec(_I8, n))
 
     # --- q6_K . Q8_K: per 256, sum_g sc_g (c . q)_g - 32 sum_g sc_g B_g, all in int32
-    def _q6_k_body(row, k, blk, acc):
+    def _q6_k_unpack(row, blk):
+        """(d, [(codes, scales)] in x order, the 16 scales <16 x i16>) of a q6_K block."""
         b = row.b
-        e0 = b.mul(k, ir.Constant(_I64, 256))
         sc = row.at(row.w, row.off(blk, 192), vec(_I8, 16))
-        ints = None
         m3 = const(3, 32)
+        out = []
         for h in range(2):
             a = row.at(row.w, row.off(blk, 64 * h), vec(_I8, 32))
             a2 = row.at(row.w, row.off(blk, 64 * h + 32), vec(_I8, 32))
@@ -496,23 +513,49 @@ if AVAILABLE:
                      b.or_(b.lshr(a, const(4, 32)), top(4)), b.or_(b.lshr(a2, const(4, 32)), top(6)))
             if WIDE == 16:  # parts (0, 1) and (2, 3) in one 512-bit multiply-add each: 64 values in x order
                 for t in (0, 2):
-                    g = 8 * h + 2 * t
-                    idx = [g + i for i in range(4) for _ in range(8)]
+                    idx = [8 * h + 2 * t + i for i in range(4) for _ in range(8)]
                     s32 = b.sext(b.shuffle_vector(sc, sc, ir.Constant(vec(_I32, 32), idx)), vec(_I16, 32))
-                    codes = b.shuffle_vector(parts[t], parts[t + 1], ir.Constant(vec(_I32, 64), list(range(64))))
-                    ints = row.scaled_dot512(codes, row.at(row.xq, row.off(e0, 128 * h + 32 * t), vec(_I8, 64)), s32,
-                                             ints)
+                    out.append((b.shuffle_vector(parts[t], parts[t + 1], ir.Constant(vec(_I32, 64), list(range(64)))),
+                                s32))
                 continue
             for t, codes in enumerate(parts):  # values 128h + 32t ..: scales 8h + 2t (first 16), + 1
                 g = 8 * h + 2 * t
-                s16 = b.sext(b.shuffle_vector(sc, sc, ir.Constant(vec(_I32, 16), [g] * 8 + [g + 1] * 8)),
-                             vec(_I16, 16))
-                p = row.scaled_dot(codes, row.codes(row.off(e0, 128 * h + 32 * t)), s16)
-                ints = p if ints is None else b.add(ints, p)
-        ints = row.halves(ints)
-        offset = b.call(row.maddwd, [row.sums16(k), b.sext(sc, vec(_I16, 16))])  # sum_g sc_g B_g
+                out.append((codes, b.sext(b.shuffle_vector(sc, sc, ir.Constant(vec(_I32, 16), [g] * 8 + [g + 1] * 8)),
+                                          vec(_I16, 16))))
+        return row.f16(row.off(blk, 208)), out, b.sext(sc, vec(_I16, 16))
+
+    def _q6_k_apply(row, k, unpacked, acc):
+        b = row.b
+        d, parts, sc16 = unpacked
+        ints = _scaled_parts(row, b.mul(k, ir.Constant(_I64, 256)), parts)
+        offset = b.call(row.maddwd, [row.sums16(k), sc16])  # sum_g sc_g B_g
         ints = b.sub(ints, b.shl(offset, ir.Constant(vec(_I32, 8), [5] * 8)))
-        return row.fma(ints, b.fmul(row.f16(row.off(blk, 208)), row.scale(k)), acc)
+        return row.fma(ints, b.fmul(d, row.scale(k)), acc)
+
+    def _q4_k_body(row, k, blk, acc):
+        return _q4_k_apply(row, k, _q4_k_unpack(row, blk), acc)
+
+    def _q6_k_body(row, k, blk, acc):
+        return _q6_k_apply(row, k, _q6_k_unpack(row, blk), acc)
+
+    def _multi_intrinsic(block_bytes, unpack, apply, tokens):
+        """A tuple of ``tokens`` dots with rows r.. of x: each block unpacked once, applied to every token."""
+        def codegen(context, builder, signature, args):
+            row = _IRow(context, builder, signature, args, tokens)
+            b = row.b
+            views = [row.token(t) for t in range(tokens)]
+            nb = b.sdiv(row.row_bytes, ir.Constant(_I64, block_bytes))
+
+            def step(k, accs):
+                unpacked = unpack(row, b.mul(k, ir.Constant(_I64, block_bytes)))
+                return [apply(view, k, unpacked, acc) for view, acc in zip(views, accs)]
+            accs = counted_loop(b, ir.Constant(_I64, 0), nb, [ir.Constant(_F8, [0.0] * 8)] * tokens, step)
+            return context.make_tuple(builder, signature.return_type, [row.hsum(a) for a in accs])
+
+        @intrinsic
+        def dot(typingctx, q, o, xq, r, xd, xb):
+            return types.UniTuple(types.float32, tokens)(q, o, xq, r, xd, xb), codegen
+        return dot
 
     def _intrinsic(block_bytes, body, unroll):
         def codegen(context, builder, signature, args):
@@ -546,6 +589,8 @@ if AVAILABLE:
     dot4_q4_0 = _intrinsic4(18, _q4_0_unpack, _q4_0_apply, _q4_0_body, -8.0, tokens=4)
     dot_q4_k = _intrinsic(144, _q4_k_body, ACCUMULATORS)
     dot_q6_k = _intrinsic(210, _q6_k_body, ACCUMULATORS)
+    dot4_q4_k = _multi_intrinsic(144, _q4_k_unpack, _q4_k_apply, 4)
+    dot4_q6_k = _multi_intrinsic(210, _q6_k_unpack, _q6_k_apply, 4)
 else:
     dot_q8_0, dot_q4_0, dot_q4_k, dot_q6_k = ref_q8_0, ref_q4_0, ref_q4_k, ref_q6_k
-    dot4_q8_0 = dot4_q4_0 = None  # (int8_dot's GEMMs are used only where AVAILABLE)
+    dot4_q8_0 = dot4_q4_0 = dot4_q4_k = dot4_q6_k = None  # (int8_dot's GEMMs are used only where AVAILABLE)
