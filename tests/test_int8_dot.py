@@ -94,10 +94,11 @@ def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     decode = rng.standard_normal((2, 1, 96)).astype(np.float32)
     np.testing.assert_array_equal(A.matmul(decode), int8_dot.gemv_rounded(decode.reshape(2, 96), W.arrays["qweight"],
                                                                            "q4_0").reshape(2, 1, 16))
-    prefill = rng.standard_normal((13, 96)).astype(np.float32)  # more rows than a GEMV: the GEMM
+    prefill = rng.standard_normal((13, 96)).astype(np.float32)  # a prefill: rows four at a time
     got = A.matmul(prefill)
     codes = int8_dot.quantize_activations(prefill)
-    np.testing.assert_array_equal(got, int8_dot.gemm_q4_0_q8(W.arrays["qweight"], *codes))
+    kind = int8_dot.SCHEMES.index("q4_0")
+    np.testing.assert_array_equal(got, int8_dot.matmul_codes(kind, W.arrays["qweight"], *codes))
     bound = 1e-5 * (np.abs(round_q8_0(prefill)) @ np.abs(W.dequantize()).T)
     assert np.all(np.abs(got - W.matmul(round_q8_0(prefill))) <= bound)
     Wk = _weight(rng, "q4_k", 4, 1)

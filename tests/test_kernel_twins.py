@@ -103,8 +103,8 @@ def test_kernel_equals_its_twin(twin, seed, rows, out_dim, blocks):
             else:
                 assert (np.abs(got - want) <= 2 * summation_bound(x, w.dequantize())).all()
         elif twin.kind == "rounded-matmul":
-            # up to 12 rows: past GEMV_MAX_ROWS the q8_0 / q4_0 GEMMs (four rows per weight pass) run
-            x = rng.standard_normal((rows if twin.case in int8_dot.GEMM_KERNELS else min(rows, 8),
+            # up to 12 rows: int8_dot's rows four at a time (the weight unpacked once), then the rest singly
+            x = rng.standard_normal((rows if twin.case in int8_dot.SCHEMES else min(rows, 8),
                                      w.shape[1])).astype(np.float32)
             got, want = twin.fast(w, x), twin.spec(w, x)
             from pycohere.quant.activations import VEC_DOT_TYPE, round_activations

@@ -47,6 +47,7 @@ KIND_NAMES += ("iq4_nl", "iq4_xs")
 Q8_0_Q8, Q4_0_Q8, Q4_K_Q8K, Q6_K_Q8K = range(len(KIND_NAMES), len(KIND_NAMES) + 4)
 KIND_NAMES += ("q8_0.q8_0", "q4_0.q8_0", "q4_k.q8_k", "q6_k.q8_k")
 INTEGER_KINDS = {"q8_0": Q8_0_Q8, "q4_0": Q4_0_Q8, "q4_k": Q4_K_Q8K, "q6_k": Q6_K_Q8K}
+assert tuple(INTEGER_KINDS) == tuple(irows.KINDS)  # block_codes passes kind - Q8_0_Q8 as irows' kind index
 N_MATRICES = 7
 # Weight bytes per job of a parallel pass: equal-cost jobs make Numba's static split of a pass over the
 # threads balanced (with rows per job instead, the o_proj and down_proj rows of region 3, 2048 and 5632
@@ -143,41 +144,19 @@ def block_q6_k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8
 
 
 @njit(cache=True, fastmath=FAST)
-def block_q8_0_q8(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                  mins, we, wo):
+def block_codes(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes,
+                scale, mins, we, wo, kind):
+    """The integer kinds (``irows``: q8_0.q8_0 .. q6_k.q8_k, ``kind`` the index among them): the rows times the
+    activation codes."""
     for i in range(n):
         for r in range(xq.shape[0]):
-            y[r, col0 + i] = irows.dot_q8_0(wu8, o0 + i, xq, r, xd, xb)
-
-
-@njit(cache=True, fastmath=FAST)
-def block_q4_0_q8(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                  mins, we, wo):
-    for i in range(n):
-        for r in range(xq.shape[0]):
-            y[r, col0 + i] = irows.dot_q4_0(wu8, o0 + i, xq, r, xd, xb)
-
-
-@njit(cache=True, fastmath=FAST)
-def block_q4_k_q8k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                   mins, we, wo):
-    for i in range(n):
-        for r in range(xq.shape[0]):
-            y[r, col0 + i] = irows.dot_q4_k(wu8, o0 + i, xq, r, xd, xb)
-
-
-@njit(cache=True, fastmath=FAST)
-def block_q6_k_q8k(y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, lanes, scale,
-                   mins, we, wo):
-    for i in range(n):
-        for r in range(xq.shape[0]):
-            y[r, col0 + i] = irows.dot_q6_k(wu8, o0 + i, xq, r, xd, xb)
+            y[r, col0 + i] = irows.dot(kind, wu8, o0 + i, xq, r, xd, xb)
 
 
 BLOCKS = (block_f32, block_f16, block_bf16, block_int8, block_int4, block_int4_asym, block_nf4, block_q8_0,
           block_q4_0, block_q4_1, block_q4_k, block_q6_k)  # indexed by kind
 BLOCKS += (block_iq4_nl, block_iq4_xs)
-BLOCKS += (block_q8_0_q8, block_q4_0_q8, block_q4_k_q8k, block_q6_k_q8k)
+BLOCKS += (block_codes,) * len(INTEGER_KINDS)
 
 
 @njit(cache=True, inline="always")
@@ -214,14 +193,8 @@ def call_block(kind, y, col0, o0, n, x, xe, xo, xsum, xq, xd, xb, wu16, wf32, wu
         block_iq4_nl(*args)
     elif kind == IQ4_XS:
         block_iq4_xs(*args)
-    elif kind == Q8_0_Q8:
-        block_q8_0_q8(*args)
-    elif kind == Q4_0_Q8:
-        block_q4_0_q8(*args)
-    elif kind == Q4_K_Q8K:
-        block_q4_k_q8k(*args)
-    elif kind == Q6_K_Q8K:
-        block_q6_k_q8k(*args)
+    elif kind >= Q8_0_Q8:
+        block_codes(*args, kind - Q8_0_Q8)
     else:
         block_q6_k(*args)
 

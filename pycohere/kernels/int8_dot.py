@@ -6,9 +6,8 @@ and that of a q4_K / q6_K matmul to Q8_K blocks of 256. The spec then multiplies
 weights in float32. Because ``q`` and the weight codes are small integers, the same sum can be formed the
 way llama.cpp forms it: per block an exact integer dot product of the codes, scaled once by the blocks'
 scales. The row dot products are ``pycohere.kernels.irows`` (LLVM IR: vpmaddubsw / vpmaddwd, or vpdpbusd
-where the CPU has VNNI); the decode step calls them directly, and the functions here serve the rest (a
-llama.cpp-rounded weight's ``matmul`` for up to ``GEMV_MAX_ROWS`` rows, e.g. the first token of a short
-prompt).
+where the CPU has VNNI); the decode step calls them directly, and ``matmul_codes`` here serves the rest (a
+llama.cpp-rounded weight's ``matmul``: the prefill, and a step outside the decode engine).
 
 Available on x86-64 CPUs with AVX2 (``AVAILABLE``); elsewhere, and with ``NUMBA_DISABLE_JIT``, the spec path
 (round ``x``, then the float kernels) is used. Tested against that spec (tests/test_int8_dot.py,
@@ -19,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import irows
-from .jit import GEMV_MAX_ROWS, njit, prange
+from .jit import njit, prange
 from .rounding import CODES, quantize_rows
 
 AVAILABLE = irows.AVAILABLE
@@ -37,53 +36,15 @@ def quantize_activations(x2: np.ndarray, vec_dot_type: str = "q8_0"):
     return xq, xd, xb
 
 
-@njit(cache=True, parallel=True)
-def gemv_q8_0_q8(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for o in prange(O):
-        for r in range(R):
-            y[r, o] = irows.dot_q8_0(q, o, xq, r, xd, xb)
-    return y
-
-
-@njit(cache=True, parallel=True)
-def gemv_q4_0_q8(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for o in prange(O):
-        for r in range(R):
-            y[r, o] = irows.dot_q4_0(q, o, xq, r, xd, xb)
-    return y
-
-
-@njit(cache=True, parallel=True)
-def gemv_q4_k_q8k(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for o in prange(O):
-        for r in range(R):
-            y[r, o] = irows.dot_q4_k(q, o, xq, r, xd, xb)
-    return y
-
-
-@njit(cache=True, parallel=True)
-def gemv_q6_k_q8k(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for o in prange(O):
-        for r in range(R):
-            y[r, o] = irows.dot_q6_k(q, o, xq, r, xd, xb)
-    return y
-
-
-# --- a prefill's GEMM: four activation rows per weight row visit, so they share its loads and unpacking;
-# the activations in tiles of TILE_ROWS (their codes stay in L2 while every weight row passes over them)
+# four activation rows per weight row visit, so that a prefill's rows share its loads and unpacking; the
+# activations in tiles of TILE_ROWS (their codes stay in L2 while every weight row passes over them)
 TILE_ROWS = 64
 
 
 @njit(cache=True, parallel=True)
-def gemm_q8_0_q8(q, xq, xd, xb):
+def matmul_codes(kind, q, xq, xd, xb):
+    """y (R, O) = the activation rows given as codes (xq, xd, xb) times the rows of weight q of ``kind`` (an
+    index of ``irows.KINDS``)."""
     R, O = xq.shape[0], q.shape[0]
     y = np.empty((R, O), dtype=np.float32)
     for r0 in range(0, R, TILE_ROWS):
@@ -91,71 +52,21 @@ def gemm_q8_0_q8(q, xq, xd, xb):
         for o in prange(O):
             r = r0
             while r + 4 <= r1:
-                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4_q8_0(q, o, xq, r, xd, xb)
+                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4(kind, q, o, xq, r, xd, xb)
                 r += 4
             for rr in range(r, r1):
-                y[rr, o] = irows.dot_q8_0(q, o, xq, rr, xd, xb)
+                y[rr, o] = irows.dot(kind, q, o, xq, rr, xd, xb)
     return y
 
 
-@njit(cache=True, parallel=True)
-def gemm_q4_0_q8(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for r0 in range(0, R, TILE_ROWS):
-        r1 = min(R, r0 + TILE_ROWS)
-        for o in prange(O):
-            r = r0
-            while r + 4 <= r1:
-                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4_q4_0(q, o, xq, r, xd, xb)
-                r += 4
-            for rr in range(r, r1):
-                y[rr, o] = irows.dot_q4_0(q, o, xq, rr, xd, xb)
-    return y
-
-
-@njit(cache=True, parallel=True)
-def gemm_q4_k_q8k(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for r0 in range(0, R, TILE_ROWS):
-        r1 = min(R, r0 + TILE_ROWS)
-        for o in prange(O):
-            r = r0
-            while r + 4 <= r1:
-                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4_q4_k(q, o, xq, r, xd, xb)
-                r += 4
-            for rr in range(r, r1):
-                y[rr, o] = irows.dot_q4_k(q, o, xq, rr, xd, xb)
-    return y
-
-
-@njit(cache=True, parallel=True)
-def gemm_q6_k_q8k(q, xq, xd, xb):
-    R, O = xq.shape[0], q.shape[0]
-    y = np.empty((R, O), dtype=np.float32)
-    for r0 in range(0, R, TILE_ROWS):
-        r1 = min(R, r0 + TILE_ROWS)
-        for o in prange(O):
-            r = r0
-            while r + 4 <= r1:
-                y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = irows.dot4_q6_k(q, o, xq, r, xd, xb)
-                r += 4
-            for rr in range(r, r1):
-                y[rr, o] = irows.dot_q6_k(q, o, xq, rr, xd, xb)
-    return y
-
-
-GEMM_KERNELS = {"q8_0": gemm_q8_0_q8, "q4_0": gemm_q4_0_q8, "q4_k": gemm_q4_k_q8k, "q6_k": gemm_q6_k_q8k}
-KERNELS = {"q8_0": gemv_q8_0_q8, "q4_0": gemv_q4_0_q8, "q4_k": gemv_q4_k_q8k, "q6_k": gemv_q6_k_q8k}
 _BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_k": (256, 144), "q6_k": (256, 210)}  # values, bytes
 
 
 def gemv_rounded(x2: np.ndarray, qweight: np.ndarray, scheme: str) -> np.ndarray | None:
     """x2 (R, in) float32 rounded as llama.cpp rounds it for ``scheme``, times a q8_0 / q4_0 / q4_k / q6_k
-    weight, as integer dot products (more than GEMV_MAX_ROWS rows: the GEMMs); None when this
-    host or shape has no kernel (the caller then takes the spec path)."""
-    if not AVAILABLE or scheme not in SCHEMES or (x2.shape[0] > GEMV_MAX_ROWS and scheme not in GEMM_KERNELS):
+    weight, as integer dot products (any number of rows: a decode's GEMV, a prefill's GEMM); None when
+    this host or shape has no kernel (the caller then takes the spec path)."""
+    if not AVAILABLE or scheme not in SCHEMES:
         return None
     values, nbytes = _BLOCK[scheme]
     if x2.shape[1] % values or qweight.shape[-1] * values != x2.shape[1] * nbytes:
@@ -163,4 +74,4 @@ def gemv_rounded(x2: np.ndarray, qweight: np.ndarray, scheme: str) -> np.ndarray
     xq, xd, xb = quantize_activations(x2, irows.KINDS[scheme])
     w = qweight.view()
     w.flags.writeable = False  # one Numba signature for mapped and in-memory weights
-    return (GEMM_KERNELS[scheme] if x2.shape[0] > GEMV_MAX_ROWS else KERNELS[scheme])(w, xq, xd, xb)
+    return matmul_codes(SCHEMES.index(scheme), w, xq, xd, xb)

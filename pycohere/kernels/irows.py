@@ -37,7 +37,8 @@ VNNI = AVAILABLE and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _F
 # q8_0 / q4_0 two blocks per 512-bit vpdpbusd where the CPU has AVX-512 VNNI and byte ops (else 256-bit)
 WIDE = 16 if AVAILABLE and {"avx512vnni", "avx512bw", "avx512f"} <= _FEATURES else 8
 WIDE_CHAINS = 2 if WIDE == 16 else 4  # float accumulator chains of the four-block loop
-#: weight kinds with an integer row (``kernels.decode``), and the rounding their input needs
+#: weight kinds with an integer row (``kernels.decode``), and the rounding their input needs; ``dot`` / ``dot4``
+#: take a kind as its index here
 KINDS = {"q8_0": "q8_0", "q4_0": "q8_0", "q4_k": "q8_k", "q6_k": "q8_k"}
 
 
@@ -140,7 +141,7 @@ if AVAILABLE:
     from numba.core import types
     from numba.extending import intrinsic
 
-    from .vrows import ACCUMULATORS, const, counted_loop, q4_k_scales_mins, replaced, splat, vec
+    from .vrows import ACCUMULATORS, const, counted_loop, hsum, q4_k_scales_mins, replaced, splat, vec
 
     _I1, _I8, _I16, _I32, _I64, _F32 = (ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32),
                                         ir.IntType(64), ir.FloatType())
@@ -257,13 +258,7 @@ if AVAILABLE:
                           flags=["contract"])
 
         def hsum(self, v):
-            n = v.type.count
-            while n > 1:
-                n //= 2
-                lo = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n))))
-                hi = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n, 2 * n))))
-                v = self.b.fadd(lo, hi)
-            return self.b.extract_element(v, ir.Constant(_I32, 0))
+            return hsum(self.b, v)
 
     def _block_loop(row, block_bytes, body, unroll):
         """sum over the row's blocks into ACCUMULATORS <8 x float> chains, ``unroll`` blocks per iteration
@@ -591,6 +586,30 @@ if AVAILABLE:
     dot_q6_k = _intrinsic(210, _q6_k_body, ACCUMULATORS)
     dot4_q4_k = _multi_intrinsic(144, _q4_k_unpack, _q4_k_apply, 4)
     dot4_q6_k = _multi_intrinsic(210, _q6_k_unpack, _q6_k_apply, 4)
+
+    @njit(cache=True, inline="always")
+    def dot4(kind, q, o, xq, r, xd, xb):
+        """``dot`` with rows r..r+3 of x, the weight row unpacked once: a tuple of four."""
+        if kind == 0:
+            return dot4_q8_0(q, o, xq, r, xd, xb)
+        if kind == 1:
+            return dot4_q4_0(q, o, xq, r, xd, xb)
+        if kind == 2:
+            return dot4_q4_k(q, o, xq, r, xd, xb)
+        return dot4_q6_k(q, o, xq, r, xd, xb)
 else:
     dot_q8_0, dot_q4_0, dot_q4_k, dot_q6_k = ref_q8_0, ref_q4_0, ref_q4_k, ref_q6_k
-    dot4_q8_0 = dot4_q4_0 = dot4_q4_k = dot4_q6_k = None  # (int8_dot's GEMMs are used only where AVAILABLE)
+    dot4_q8_0 = dot4_q4_0 = dot4_q4_k = dot4_q6_k = dot4 = None  # (int8_dot runs them only where AVAILABLE)
+
+
+@njit(cache=True, inline="always")
+def dot(kind, q, o, xq, r, xd, xb):
+    """Row o of weight ``kind`` (an index of KINDS: q8_0, q4_0, q4_k, q6_k) times activation row r (the
+    readable loops where the IR is not built)."""
+    if kind == 0:
+        return dot_q8_0(q, o, xq, r, xd, xb)
+    if kind == 1:
+        return dot_q4_0(q, o, xq, r, xd, xb)
+    if kind == 2:
+        return dot_q4_k(q, o, xq, r, xd, xb)
+    return dot_q6_k(q, o, xq, r, xd, xb)

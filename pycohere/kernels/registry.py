@@ -220,12 +220,13 @@ def _twins() -> tuple[Twin, ...]:
             integer = decode.INTEGER_KINDS.get(kind) if irows.AVAILABLE else None
             kernels = (decode.decode_layer, decode.decode_head, rounding.round_rows, rounding.quantize_rows)
             twins.append(Twin(f"decode-rounded/{kind}", "decode-rounded", kind, _spec_decode_step,
-                              _fast_decode_step, kernels + ((decode.BLOCKS[integer],) if integer else ()),
+                              _fast_decode_step, kernels + ((decode.block_codes, irows.dot) if integer else ()),
                               "softmax"))
     if int8_dot.AVAILABLE:  # AVX2 hosts: integer dot products on rounded activations
         twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s,
                        _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,
-                       _fast_rounded_matmul, (kernel,), "summation") for s, kernel in int8_dot.KERNELS.items()]
+                       _fast_rounded_matmul, (int8_dot.matmul_codes, irows.dot, irows.dot4), "summation")
+                  for s in int8_dot.SCHEMES]
         twins += [Twin("rounded-matmul/iq4_nl", "rounded-matmul", "iq4_nl", _spec_rounded_matmul,
                        _fast_rounded_matmul_iq4, (iquant.gemv_iq4_nl_q8,), "summation"),
                   Twin("rounded-matmul/iq4_xs", "rounded-matmul", "iq4_xs", _spec_rounded_matmul_q8_k,

@@ -75,14 +75,19 @@ class _Row:
     def fma(self, a, b, c):  # a * b + c, contracted to one fused multiply-add
         return self.b.fadd(self.b.fmul(a, b, flags=["contract"]), c, flags=["contract"])
 
-    def hsum(self, v):  # horizontal sum of a float vector (a shuffle tree)
-        n = v.type.count
-        while n > 1:
-            n //= 2
-            lo = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n))))
-            hi = self.b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n, 2 * n))))
-            v = self.b.fadd(lo, hi)
-        return self.b.extract_element(v, ir.Constant(_I32, 0))
+    def hsum(self, v):
+        return hsum(self.b, v)
+
+
+def hsum(b, v):
+    """The horizontal sum of a float vector (a shuffle tree)."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n))))
+        hi = b.shuffle_vector(v, v, ir.Constant(vec(_I32, n), list(range(n, 2 * n))))
+        v = b.fadd(lo, hi)
+    return b.extract_element(v, ir.Constant(_I32, 0))
 
 
 def counted_loop(b, start, stop, init: list, body) -> list:
