@@ -66,8 +66,8 @@ def widen_f16(w, table):
 
 @njit(cache=True, parallel=True)
 def widen_f16_into(w, out):
-    """f16 bits w (rows, in) -> out[:rows] float32, converted in registers (``f16_as_f32``: vcvtph2ps, 2x
-    faster than the ``F16_TABLE`` lookup per value). Twin: ``widen(w, "F16")``."""
+    """f16 bits w (rows, in) -> out[:rows] float32, converted in registers (``f16_as_f32``: vcvtph2ps; 2-5x
+    faster than an ``F16_TABLE`` lookup per value on 768 x 256 to 5632 x 2048). Twin: ``widen(w, "F16")``."""
     for i in prange(w.shape[0]):
         for j in range(w.shape[1]):
             out[i, j] = f16_as_f32(w[i, j])
@@ -76,7 +76,7 @@ def widen_f16_into(w, out):
 #: Input rows up to which a dense matmul runs the GEMV (each weight row read once for all rows) rather
 #: than ``tiles.gemm`` (4 x 4 register tiles). Measured with tools/bench_small_prefill.py on the demo and
 #: bench shapes (docs/serve.md "Measurements"): for bf16 and float32 the GEMM is as fast at 2 rows and
-#: 1.5-3x faster from 3; f16 first widens each tile (2.4 ms for a 5632 x 2048 matrix), which the GEMM
+#: 1.5-3x faster from 3; f16 first widens each tile (2-4 ms for a 5632 x 2048 matrix), which the GEMM
 #: repays from about 8 rows. So a prefill has no cliff at 9 rows.
 DENSE_GEMV_MAX_ROWS = {"BF16": 2, "F16": 8, "F32": 2}
 
