@@ -2,6 +2,8 @@
 
 The oracle of every chunked result is the same model with ``prefill_chunk_size=0`` (the whole prompt in
 one pass, the path every other parity test checks against the spec and transformers)."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -242,6 +244,32 @@ def test_blocked_attention_shares_its_threads_between_callers():
         for out in got[i]:
             np.testing.assert_allclose(out, case[-1], rtol=1e-5, atol=1e-5)
     assert A._pool() is A._pool()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_blocked_attention_runs_in_a_forked_child():
+    """A child forked after the pool started gets its own threads (the parent's do not exist there)."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 6, 4, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 6, 2, 8)).astype(np.float32) for _ in range(2))
+    idx, valid = np.arange(6), np.ones((1, 6), bool)
+    want = A.blocked_attention(q, k, v, idx, 0, valid, 0, block=2)       # the parent's pool is started
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        try:
+            got = A.blocked_attention(q, k, v, idx, 0, valid, 0, block=2)
+            os.write(w, b"ok" if np.array_equal(got, want) else b"differs")
+        finally:
+            os._exit(0)
+    os.close(w)
+    done = [None]
+    import threading
+    reader = threading.Thread(target=lambda: done.__setitem__(0, os.read(r, 16)))
+    reader.start()
+    reader.join(60)
+    os.waitpid(pid, 0) if done[0] is not None else os.kill(pid, 9)
+    assert done[0] == b"ok", f"the forked child answered {done[0]!r} (None: it hung)"
 
 
 @settings(max_examples=30, deadline=None)

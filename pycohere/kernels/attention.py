@@ -284,6 +284,17 @@ def _pool() -> ThreadPoolExecutor:
     return pool
 
 
+def _forget_pools() -> None:
+    """In a forked child: the pools' threads did not come along (their jobs would wait forever)."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _cores() -> int:
     """Threads for blocked_attention: Numba's thread count (the user's NUMBA_NUM_THREADS), else the CPUs."""
     try:
