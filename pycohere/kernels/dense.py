@@ -1,8 +1,9 @@
 """Numba kernels for dense (float) weights: the fast twins of ``pycohere.spec.weights.DenseWeight``.
 
 Weights are read straight from the memory map: bf16 as uint16 bits widened in registers
-(``bits << 16`` reinterpreted as float32, an LLVM bitcast: exact and free), f16 through a 64K-entry
-float32 table (Numba has no float16 arithmetic on CPU). No float32 copy of the model exists.
+(``bits << 16`` reinterpreted as float32, an LLVM bitcast: exact and free), f16 by ``jit.f16_as_f32``
+(vcvtph2ps; Numba has no float16 type on CPU) or, in row gathers, a 64K-entry float32 table. No float32
+copy of the model exists (f16 prefills widen one reused tile at a time, ``pycohere.kernels.tiles``).
 Every kernel has a NumPy twin named in its docstring and listed in ``pycohere.kernels.registry``.
 """
 from __future__ import annotations
