@@ -41,9 +41,9 @@ def test_dense_matmul_equals_widen_then_matmul(storage, rows, out_dim, in_dim, s
 def test_prefill_path_uses_tiles_and_equals_spec(monkeypatch):
     monkeypatch.setattr(K, "TILE_ELEMENTS", 64)  # force several tiles on a small matrix
     rng = np.random.default_rng(0)
-    raw = _raw(rng, (37, 20), "BF16")
-    x = rng.standard_normal((2, 9, 20)).astype(np.float32)  # 18 rows > GEMV_MAX_ROWS: BLAS path
-    np.testing.assert_allclose(K.dense_matmul(x, raw, "BF16"), x @ widen(raw, "BF16").T, rtol=1e-5, atol=1e-5)
+    raw = _raw(rng, (37, 20), "F16")
+    x = rng.standard_normal((2, 9, 20)).astype(np.float32)  # 18 rows > the f16 GEMV's 8: widened tiles + gemm
+    np.testing.assert_allclose(K.dense_matmul(x, raw, "F16"), x @ widen(raw, "F16").T, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("storage", ["BF16", "F16", "F32"])

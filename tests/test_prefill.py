@@ -2,6 +2,8 @@
 
 The oracle of every chunked result is the same model with ``prefill_chunk_size=0`` (the whole prompt in
 one pass, the path every other parity test checks against the spec and transformers)."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -217,24 +219,78 @@ def test_blocked_attention_equals_the_spec(seed, B, T, past, kv_start, K, G, win
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_blocked_attention_shares_its_threads_between_callers():
+    """The pool is started once and shared: callers on several threads at once (tensor-parallel ranks)
+    each get their own answer, the spec's."""
+    import threading
+    rng = np.random.default_rng(7)
+    cases, got = [], {}
+    for i in range(4):
+        T, K, G, Dh = 6 + i, 2, 2, 8
+        q = rng.standard_normal((1, T, K * G, Dh)).astype(np.float32)
+        k, v = (rng.standard_normal((1, T, K, Dh)).astype(np.float32) for _ in range(2))
+        idx, valid = np.arange(T), np.ones((1, T), bool)
+        cases.append((q, k, v, idx, valid, L.attention(q, k, v, L.attention_mask(idx, idx, valid, None))))
+
+    def run(i):
+        q, k, v, idx, valid, _ = cases[i]
+        got[i] = [A.blocked_attention(q, k, v, idx, 0, valid, 0, block=2) for _ in range(5)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, case in enumerate(cases):
+        for out in got[i]:
+            np.testing.assert_allclose(out, case[-1], rtol=1e-5, atol=1e-5)
+    assert A._pool() is A._pool()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_blocked_attention_runs_in_a_forked_child():
+    """A child forked after the pool started gets its own threads (the parent's do not exist there)."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 6, 4, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 6, 2, 8)).astype(np.float32) for _ in range(2))
+    idx, valid = np.arange(6), np.ones((1, 6), bool)
+    want = A.blocked_attention(q, k, v, idx, 0, valid, 0, block=2)       # the parent's pool is started
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        try:
+            got = A.blocked_attention(q, k, v, idx, 0, valid, 0, block=2)
+            os.write(w, b"ok" if np.array_equal(got, want) else b"differs")
+        finally:
+            os._exit(0)
+    os.close(w)
+    done = [None]
+    import threading
+    reader = threading.Thread(target=lambda: done.__setitem__(0, os.read(r, 16)))
+    reader.start()
+    reader.join(60)
+    os.waitpid(pid, 0) if done[0] is not None else os.kill(pid, 9)
+    assert done[0] == b"ok", f"the forked child answered {done[0]!r} (None: it hung)"
+
+
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), M=st.integers(9, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
-       tile=st.integers(1, 400), row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16"]))
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(2, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
+       tile=st.integers(1, 400), row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16", "F32"]))
 def test_prefill_matmul_equals_the_spec(seed, M, out_dim, in_dim, tile, row_block, storage):
     """f16: tiles of any size (a single row, a partial last tile, one tile for everything) reuse the
-    thread's buffer; bf16: gemm_bf16's 4 x 4 tiles with every remainder (M % 4, out % 4, x row blocks of
-    any size). Both give the spec's x @ widen(W).T."""
+    thread's buffer, each multiplied into its columns; bf16 and float32: tiles.gemm's 4 x 4 tiles on the
+    weights in place, with every remainder (M % 4, out % 4, x row blocks of any size). All give the spec's
+    x @ widen(W).T."""
     rng = np.random.default_rng(seed)
     w32 = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
-    raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16)
+    raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16) if storage == "F16" else w32
     x = rng.standard_normal((M, in_dim)).astype(np.float32)
-    saved = KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK
-    KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK = tile, row_block
+    saved = KD.TILE_ELEMENTS, tiles.GEMM_ROW_BLOCK
+    KD.TILE_ELEMENTS, tiles.GEMM_ROW_BLOCK = tile, row_block
     try:
         got = KD.dense_matmul(x, raw, storage)
         again = KD.dense_matmul(x[: M - 1], raw, storage)            # the reused buffer: stale values never leak
     finally:
-        KD.TILE_ELEMENTS, KD.GEMM_ROW_BLOCK = saved
+        KD.TILE_ELEMENTS, tiles.GEMM_ROW_BLOCK = saved
     want = x @ widen(raw, storage).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import threading
 import time
@@ -113,6 +114,7 @@ def main():
     p.add_argument("--model", default=None)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f} (2 shared cores: alternate and repeat runs)")
     for layout in ("rag", "chat"):
         n1, n2, shared, cold = ttft(args, 0, layout)
         *_, warm = ttft(args, 4, layout)
@@ -122,6 +124,7 @@ def main():
     for clients in (4, 16):
         n, dt = throughput(args, clients)
         print(f"{clients:2d} concurrent clients: {n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s")
+    print(f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the keys they can see, the two products by BLAS); ``fused_attention`` picks betw
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -255,16 +256,43 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
             out[b, t0:t1, kh * G:(kh + 1) * G] = o.reshape(G, nq, Dh).transpose(1, 0, 2)
 
     jobs = [(b, kh) for b in range(B) for kh in range(K)]
-    workers = min(len(jobs), _cores())
     with single_threaded():
-        if workers <= 1:
+        if len(jobs) == 1 or _cores() <= 1:
             for b, kh in jobs:
                 job(b, kh)
         else:
-            with ThreadPoolExecutor(workers) as pool:
-                for f in [pool.submit(job, b, kh) for b, kh in jobs]:
-                    f.result()
+            pool = _pool()
+            for f in [pool.submit(job, b, kh) for b, kh in jobs]:
+                f.result()
     return out
+
+
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """blocked_attention's threads, started once per thread count. Why not a pool per call: starting and
+    joining its threads cost ~1 ms, as much as a 28-token suffix's whole attention on a 1k-token cache
+    (the demo model: 1.3 ms per call, 0.35 ms of it work; docs/serve.md "Measurements"). The jobs never
+    submit jobs, so callers on several threads (tensor-parallel ranks) can share it."""
+    n = _cores()
+    with _pools_lock:
+        pool = _pools.get(n)
+        if pool is None:
+            pool = _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="pycohere-attention")
+    return pool
+
+
+def _forget_pools() -> None:
+    """In a forked child: the pools' threads did not come along (their jobs would wait forever)."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _cores() -> int:

@@ -1,10 +1,11 @@
 """OpenBLAS's thread count, through its C API (as threadpoolctl does; it is not a dependency).
 
 Why: OpenBLAS's worker threads spin for a while after each multi-threaded call, and on a small machine
-they then fight Numba's workers for the cores. A 2048-token bf16 prefill (Numba's ``gemm_bf16`` for the
-matmuls, BLAS for the attention products) took 37 s with OpenBLAS's 2 threads and 10 s with one
+they then fight Numba's workers for the cores. A 2048-token bf16 prefill (Numba's GEMM, now
+``tiles.gemm``, for the matmuls, BLAS for the attention products) took 37 s with OpenBLAS's 2 threads and 10 s with one
 (BENCHMARKS.md "Prefill (issue 15)"). So the prefill attention calls BLAS single-threaded from its own
-threads (``pycohere.kernels.attention.blocked_attention``), and OpenBLAS's pool stays idle.
+threads (``pycohere.kernels.attention.blocked_attention``), and OpenBLAS's pool stays idle; no matmul
+calls BLAS (``pycohere.kernels.tiles``: a multi-threaded call also stalls under load).
 """
 from __future__ import annotations
 

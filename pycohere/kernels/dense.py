@@ -1,8 +1,9 @@
 """Numba kernels for dense (float) weights: the fast twins of ``pycohere.spec.weights.DenseWeight``.
 
 Weights are read straight from the memory map: bf16 as uint16 bits widened in registers
-(``bits << 16`` reinterpreted as float32, an LLVM bitcast: exact and free), f16 through a 64K-entry
-float32 table (Numba has no float16 arithmetic on CPU). No float32 copy of the model exists.
+(``bits << 16`` reinterpreted as float32, an LLVM bitcast: exact and free), f16 by ``jit.f16_as_f32``
+(vcvtph2ps; Numba has no float16 type on CPU) or, in row gathers, a 64K-entry float32 table. No float32
+copy of the model exists (f16 prefills widen one reused tile at a time, ``pycohere.kernels.tiles``).
 Every kernel has a NumPy twin named in its docstring and listed in ``pycohere.kernels.registry``.
 """
 from __future__ import annotations
@@ -11,9 +12,9 @@ import numpy as np
 
 from ..constants import TILE_ELEMENTS
 from ..io.dtypes import widen
-from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, njit, prange, u32_as_f32
+from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, f16_as_f32, njit, prange, u32_as_f32
 from .rows import row_bf16, row_f16, row_f32
-from .tiles import tiled_matmul
+from . import tiles
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -64,100 +65,36 @@ def widen_f16(w, table):
     return out
 
 
-@njit(cache=True, inline="always")
-def _bf16(w, j, k):
-    return u32_as_f32(np.uint32(w[j, k]) << np.uint32(16))
-
-
-@njit(cache=True, parallel=True, fastmath=FAST)
-def gemm_bf16(x, w, row_block):
-    """y = x @ W.T for x (M, in) float32 and bf16 bits W (out, in) -> (M, out), reading W in place.
-
-    Twin: ``x @ widen(W, "BF16").T``. llamafile's tinyBLAS design (``ggml/src/ggml-cpu/llamafile/
-    sgemm.cpp``): a 4 x 4 tile of accumulators (4 rows of x by 4 rows of W), each weight widened in
-    registers as it is loaded (no float32 copy), the dot products vectorised along ``in`` by LLVM.
-    Parallel over groups of 4 weight rows; x is taken ``row_block`` rows at a time so that its rows
-    stay in L2 while every weight group passes over them. Measured against widened tiles + BLAS in
-    BENCHMARKS.md "Prefill (issue 15)"."""
-    M, K = x.shape
-    N = w.shape[0]
-    out = np.empty((M, N), dtype=np.float32)
-    groups = (N + 3) // 4
-    for i0 in range(0, M, row_block):
-        i1 = min(i0 + row_block, M)
-        i4 = i0 + (i1 - i0) // 4 * 4
-        for g in prange(groups):
-            j = g * 4
-            if j + 4 <= N:
-                for i in range(i0, i4, 4):
-                    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = np.float32(0.0)
-                    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = np.float32(0.0)
-                    for k in range(K):
-                        w0, w1, w2, w3 = _bf16(w, j, k), _bf16(w, j + 1, k), _bf16(w, j + 2, k), _bf16(w, j + 3, k)
-                        a0, a1, a2, a3 = x[i, k], x[i + 1, k], x[i + 2, k], x[i + 3, k]
-                        c00 += a0 * w0
-                        c01 += a0 * w1
-                        c02 += a0 * w2
-                        c03 += a0 * w3
-                        c10 += a1 * w0
-                        c11 += a1 * w1
-                        c12 += a1 * w2
-                        c13 += a1 * w3
-                        c20 += a2 * w0
-                        c21 += a2 * w1
-                        c22 += a2 * w2
-                        c23 += a2 * w3
-                        c30 += a3 * w0
-                        c31 += a3 * w1
-                        c32 += a3 * w2
-                        c33 += a3 * w3
-                    out[i, j], out[i, j + 1], out[i, j + 2], out[i, j + 3] = c00, c01, c02, c03
-                    out[i + 1, j], out[i + 1, j + 1], out[i + 1, j + 2], out[i + 1, j + 3] = c10, c11, c12, c13
-                    out[i + 2, j], out[i + 2, j + 1], out[i + 2, j + 2], out[i + 2, j + 3] = c20, c21, c22, c23
-                    out[i + 3, j], out[i + 3, j + 1], out[i + 3, j + 2], out[i + 3, j + 3] = c30, c31, c32, c33
-                for i in range(i4, i1):  # the last M % 4 rows of the block: 1 x 4 tiles
-                    c0 = c1 = c2 = c3 = np.float32(0.0)
-                    for k in range(K):
-                        a = x[i, k]
-                        c0 += a * _bf16(w, j, k)
-                        c1 += a * _bf16(w, j + 1, k)
-                        c2 += a * _bf16(w, j + 2, k)
-                        c3 += a * _bf16(w, j + 3, k)
-                    out[i, j], out[i, j + 1], out[i, j + 2], out[i, j + 3] = c0, c1, c2, c3
-            else:  # the last N % 4 weight rows: one dot product each
-                for jj in range(j, N):
-                    for i in range(i0, i1):
-                        c = np.float32(0.0)
-                        for k in range(K):
-                            c += x[i, k] * _bf16(w, jj, k)
-                        out[i, jj] = c
-    return out
-
-
-#: gemm_bf16's x rows per pass: 128 rows of a 2048-wide x are 1 MiB (the L2 of a Zen 5 core).
-GEMM_ROW_BLOCK = 128
-
-
 @njit(cache=True, parallel=True)
-def widen_f16_into(w, table, out):
-    """f16 bits w (rows, in) -> out[:rows] float32 through ``F16_TABLE``. Twin: ``widen(w, "F16")``."""
+def widen_f16_into(w, out):
+    """f16 bits w (rows, in) -> out[:rows] float32, converted in registers (``f16_as_f32``: vcvtph2ps; 2-5x
+    faster than an ``F16_TABLE`` lookup per value on 768 x 256 to 5632 x 2048). Twin: ``widen(w, "F16")``."""
     for i in prange(w.shape[0]):
         for j in range(w.shape[1]):
-            out[i, j] = table[w[i, j]]
+            out[i, j] = f16_as_f32(w[i, j])
+
+
+#: Input rows up to which a dense matmul runs the GEMV (each weight row read once for all rows) rather
+#: than ``tiles.gemm`` (4 x 4 register tiles). Measured with tools/bench_small_prefill.py on the demo and
+#: bench shapes (docs/serve.md "Measurements"): for bf16 and float32 the GEMM is as fast at 2 rows and
+#: 1.5-3x faster from 3; f16 first widens each tile (2-4 ms for a 5632 x 2048 matrix), which the GEMM
+#: repays from about 8 rows. So a prefill has no cliff at 9 rows.
+DENSE_GEMV_MAX_ROWS = {"BF16": 2, "F16": 8, "F32": 2}
 
 
 def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
     """x (..., in) float32 @ W.T for an mmap'd raw W (out, in) -> (..., out) float32.
 
-    Decode (few rows): a GEMV kernel that reads W once, widening in registers.
-    Prefill (many rows): bf16 by the register-tiled ``gemm_bf16``; f16 widened tile by tile into a
-    reused buffer and multiplied by BLAS (``pycohere.kernels.tiles``).
+    Decode (a row or two): a GEMV kernel that reads W once, widening in registers.
+    More rows: bf16 and float32 W by the register-tiled ``tiles.gemm``, read in place; f16 widened tile
+    by tile into a reused buffer, each tile multiplied by it (``tiles.tiled_matmul``). No BLAS: it
+    stalls on a shared machine (``pycohere.kernels.tiles``).
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
     if storage == "F16":
         raw = raw.view(np.uint16)
-    if x2.shape[0] <= GEMV_MAX_ROWS:
+    if x2.shape[0] <= DENSE_GEMV_MAX_ROWS[storage]:
         if storage == "BF16":
             y = gemv_bf16(x2, raw)
         elif storage == "F16":
@@ -165,14 +102,14 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
         else:
             y = gemv_f32(x2, raw)
         return y.reshape(lead + (raw.shape[0],))
-    if storage == "F32":
-        return (x2 @ raw.T).reshape(lead + (raw.shape[0],))
-    if storage == "BF16":  # measured faster than widened tiles + BLAS on every bench shape
-        return gemm_bf16(x2, raw, np.int64(GEMM_ROW_BLOCK)).reshape(lead + (raw.shape[0],))
+    if storage in ("BF16", "F32"):
+        out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
+        tiles.gemm(x2, raw, np.int64(tiles.GEMM_ROW_BLOCK), out, np.int64(0))
+        return out.reshape(lead + (raw.shape[0],))
 
     def fill(r0, r1, tile):
-        widen_f16_into(raw[r0:r1], F16_TABLE, tile)
-    out = tiled_matmul(x2, raw.shape[0], raw.shape[1], fill, TILE_ELEMENTS)
+        widen_f16_into(raw[r0:r1], tile)
+    out = tiles.tiled_matmul(x2, raw.shape[0], raw.shape[1], fill, TILE_ELEMENTS)
     return out.reshape(lead + (raw.shape[0],))
 
 

@@ -24,7 +24,7 @@ from ..quant.activations import VEC_DOT_TYPE, round_activations, round_q8_0, rou
 from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
 from ..spec import layers as L
 from ..spec.params import ForwardState
-from . import attention, decode, dense, hf, int8_dot, iquant, irows, quant, rounding
+from . import attention, decode, dense, hf, int8_dot, iquant, irows, quant, rounding, tiles
 from .dispatch import fast_weight
 
 
@@ -162,8 +162,10 @@ def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
     return engine.logits(x, cos, sin, kv_valid, cache)
 
 
-DENSE_KERNELS = {"BF16": (dense.gemv_bf16, dense.gemm_bf16, dense.widen_bf16),
-                 "F16": (dense.gemv_f16, dense.widen_f16_into, dense.widen_f16), "F32": (dense.gemv_f32,)}
+# storage: (the matmul's kernels, the row gather's)
+DENSE_KERNELS = {"BF16": ((dense.gemv_bf16, tiles.gemm), (dense.widen_bf16,)),
+                 "F16": ((dense.gemv_f16, dense.widen_f16_into, tiles.gemm), (dense.widen_f16,)),
+                 "F32": ((dense.gemv_f32, tiles.gemm), ())}
 QUANT_KERNELS = {
     "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),
     "int4-asym": (quant.gemv_int4, quant.dequant_int4_asym), "nf4": (quant.gemv_nf4, quant.dequant_nf4),
@@ -179,9 +181,9 @@ NON_DYADIC = ("nf4", "fp4", "bnb-int8")
 def _twins() -> tuple[Twin, ...]:
     from . import kquant
     twins = []
-    for storage, kernels in DENSE_KERNELS.items():
+    for storage, (kernels, row_kernels) in DENSE_KERNELS.items():
         twins.append(Twin(f"matmul/{storage}", "matmul", storage, _spec_matmul, _fast_matmul, kernels))
-        twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, kernels[2:]))
+        twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, row_kernels))
     kq = {"q4_k": (kquant.gemv_q4_k, kquant.dequant_q4_k), "q6_k": (kquant.gemv_q6_k, kquant.dequant_q6_k),
           "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),
           "q3_k": (kquant.dequant_q3_k,), "q5_k": (kquant.dequant_q5_k,)}

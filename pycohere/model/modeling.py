@@ -39,8 +39,8 @@ from .params import load_params
 #: through the KV cache (vLLM's and llama.cpp's ``n_ubatch`` chunked prefill), so the MLP's (T, F)
 #: activations and each matmul's input stay bounded whatever the prompt's length. Chosen by
 #: measurement (BENCHMARKS.md "Prefill (issue 15)"): f16 / quantized weights are widened to tiles again
-#: for each chunk (2-3 % of the matmuls at 512) and their BLAS products are 13 % faster per row at 512
-#: rows than at 128; bf16's gemm_bf16 runs alike at both.
+#: for each chunk (2-3 % of the matmuls at 512) and their products (BLAS then; ``kernels.tiles.gemm``
+#: now, which runs alike at 128 and 512 rows, as on bf16) were 13 % faster per row at 512 rows than at 128.
 PREFILL_CHUNK_SIZE = 512
 
 HUB_ARGS = ("revision", "cache_dir", "local_files_only", "token", "gguf_file")
