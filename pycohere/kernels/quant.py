@@ -11,7 +11,7 @@ Two kernels per scheme, both tested against the spec in tests/test_quant_kernels
   exist on AVX2 (measured 2-3x slower).
 * ``dequant_<scheme>``: rows of packed data -> float32 rows, bit-identical to the spec's
   ``dequantize_blocks`` (no fastmath: no FMA contraction, so ``n * s + m`` rounds twice as
-  NumPy does). Used for prefill tiles handed to BLAS and for embedding lookups.
+  NumPy does). Used for prefill tiles (multiplied by ``tiles.gemm``) and for embedding lookups.
 
 Asymmetric schemes (``int4-asym``, ``q4_1``: ``w = n * s + m``) use ``sum_j x_j w_j =
 s * sum_j x_j n_j + m * sum_j x_j`` with the group sums of x computed once per call.
@@ -299,8 +299,9 @@ def quantized_matmul(x: np.ndarray, t: QuantizedTensor) -> np.ndarray:
     """x (..., in) float32 @ dequantize(t).T -> (..., out) float32.
 
     Decode (few rows): the scheme's GEMV, reading the packed weights once. Prefill: tiles of rows
-    dequantized in Numba into a reused buffer and multiplied by BLAS (compute bound, so the unpacking
-    is amortised; ``pycohere.kernels.tiles``).
+    dequantized in Numba into a reused buffer and multiplied by the register-tiled ``tiles.gemm``
+    (compute bound, so the unpacking is amortised; ``pycohere.kernels.tiles``). Under
+    ``activations="llama.cpp"`` q8_0 / q4_0 / q4_k / q6_k take ``int8_dot`` instead (integer GEMM).
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
