@@ -136,10 +136,18 @@ def rel(a, b):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_model_loads_and_backends_agree(kind):
+    specs = {}
     for activations in ("float32", "llama.cpp"):
         spec, fast = logits(kind, "numpy", activations), logits(kind, "numba", activations)
         assert spec.shape == (len(PROV["tokens"]), 485) and np.isfinite(spec).all()
-        assert rel(fast, spec) < 1e-5, (activations, rel(fast, spec))
+        specs[activations] = spec
+        if activations == "float32":
+            assert rel(fast, spec) < 1e-5, (activations, rel(fast, spec))
+        else:  # the integer kernels sum in another order than the spec's float matmul, and a value on a Q8
+            # rounding boundary may round the other way in a later layer (measured 6.5e-5 once): a bound at 5%
+            # of the gap between the two modes (~2.4e-3), not float32 noise
+            gap = rel(specs["float32"], spec)
+            assert rel(fast, spec) < 0.05 * gap, (activations, rel(fast, spec), gap)
 
 
 @pytest.mark.parametrize("kind", KINDS)

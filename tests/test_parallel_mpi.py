@@ -42,6 +42,33 @@ def cli(*args):
     return [sys.executable, "-m", "pycohere", *args]
 
 
+SHM = Path("/dev/shm")
+
+
+def _mapped() -> set[str]:
+    """Every file some process has mapped (/proc/*/maps)."""
+    paths = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            paths.update(line.split(None, 5)[-1].strip() for line in maps.read_text().splitlines() if "/" in line)
+        except OSError:  # the process ended, or is not ours to read
+            pass
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments():
+    """MPICH keeps a job's shared memory in /dev/shm/mpich_shm_*; a rank that is killed (the fault tests)
+    leaves its segment behind. Remove the ones this test left that no process maps any more."""
+    before = set(SHM.glob("mpich_shm_*")) if SHM.is_dir() else set()
+    yield
+    if SHM.is_dir():
+        mapped = _mapped()
+        for f in set(SHM.glob("mpich_shm_*")) - before:
+            if str(f) not in mapped:
+                f.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("mpi")
