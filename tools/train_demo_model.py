@@ -168,8 +168,11 @@ def tokenizer_files(max_positions: int) -> dict[str, dict]:
 class Corpus:
     """Token ids for training (KJV chapters + fresh chat samples every epoch) and evaluation."""
 
-    def __init__(self, tok, train, heldout, sampler, chat_fraction: float, seq_len: int, seed: int):
+    def __init__(self, tok, train, heldout, sampler, chat_fraction: float, seq_len: int, seed: int,
+                 ptok=None, tool_sampler=None, tool_every: int = 0, tool_max_len: int = 1536):
         self.tok, self.sampler, self.seq_len, self.seed = tok, sampler, seq_len, seed
+        self.ptok, self.tool_sampler = ptok, tool_sampler
+        self.tool_every, self.tool_max_len = tool_every, tool_max_len
         encs = tok.encode_batch([c.text for c in train], add_special_tokens=False)
         # One document per chapter: <BOS_TOKEN> text <EOS_TOKEN>, as in pretraining.
         self.kjv_docs = [[BOS_ID] + e.ids + [EOS_DOC_ID] for e in encs]
@@ -209,6 +212,20 @@ class Corpus:
             skip = max(0, skip - n)
             epoch += 1
 
+    def tool_batch(self, step: int, size: int) -> list[tuple[list[int], int]]:
+        """`size` tool-use or grounded-answer sequences (alternating kinds by call, so a batch shares
+        the template's long fixed preamble): (prompt ids + answer ids + <|END_OF_TURN_TOKEN|>, prompt
+        length). Drawn from the step number alone, so a resumed run gets the same ones."""
+        rng = np.random.default_rng([self.seed, 7, step])
+        kind = (step // max(1, self.tool_every)) % 2
+        out = []
+        for _ in range(size):
+            case = self.tool_sampler.tool_case(rng) if kind == 0 else self.tool_sampler.grounded_case(rng)
+            prompt, answer = render_tool_case(self.ptok, case)
+            ids = prompt + answer
+            out.append((ids[:self.tool_max_len], len(prompt)))
+        return out
+
     def eval_windows(self) -> list[list[int]]:
         """Held-out windows: per chapter, [BOS] + 256 text tokens at a time (no carried context);
         every text token is predicted exactly once."""
@@ -217,6 +234,101 @@ class Corpus:
             for i in range(0, len(ids), self.seq_len):
                 out.append([BOS_ID] + ids[i:i + self.seq_len])
         return out
+
+
+def pycohere_tokenizer(tok, max_positions: int, directory: Path):
+    """pycohere's own CohereTokenizer over the freshly trained BPE: the tool and document prompts are
+    rendered with it by pycohere.serve.prompts.build_prompt, the code `pycohere serve` runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from pycohere.text.tokenizer import CohereTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    for name, content in tokenizer_files(max_positions).items():
+        (directory / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    return CohereTokenizer.from_pretrained(str(directory))
+
+
+def render_tool_case(ptok, case) -> tuple[list[int], list[int]]:
+    """(prompt ids exactly as the server builds them, answer ids + <|END_OF_TURN_TOKEN|>)."""
+    from pycohere.serve.prompts import build_prompt
+
+    messages, tools, documents, mode, answer = case
+    prompt = build_prompt(ptok, messages, tools, documents, mode)
+    return prompt.ids, ptok.encode(answer, add_special_tokens=False) + [EOT_ID]
+
+
+def answer_loss(model, seqs: list[tuple[list[int], int]]):
+    """Mean cross-entropy over the answer tokens only (the prompt is the template's fixed preamble
+    plus the request: nothing the model ever has to write). The batch's common prefix runs once,
+    without gradients, as a KV cache the rest attends to: same forward as the full sequences, at a
+    fraction of the cost (the preamble is ~600 of ~1000 tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = min(p for _, p in seqs) - 1  # the first answer token is predicted from inside the suffix
+    first = seqs[0][0]
+    lcp = next((i for i in range(n) if any(ids[i] != first[i] for ids, _ in seqs)), n)
+    with torch.no_grad():
+        cache = model.model(input_ids=torch.tensor([first[:lcp]]), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(seqs))
+    width = max(len(ids) for ids, _ in seqs) - lcp
+    x = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for b, (ids, p) in enumerate(seqs):
+        x[b, :len(ids) - lcp] = torch.tensor(ids[lcp:])
+        for g in range(p - 1, len(ids) - 1):  # position g predicts ids[g + 1], an answer token
+            rows.append(b), cols.append(g - lcp), targets.append(ids[g + 1])
+    h = model.model(input_ids=x, past_key_values=cache, use_cache=True).last_hidden_state
+    logits = model.lm_head(h[torch.tensor(rows), torch.tensor(cols)]) * model.logit_scale  # COHERE: logit_scale
+    return F.cross_entropy(logits.float(), torch.tensor(targets))
+
+
+def tool_rates(model, ptok, heldout_sampler, n: int = 20, seed: int = 0,
+               max_new_tokens: int = 128) -> dict:
+    """Greedy answers (transformers generate) to `n` held-out tool requests (tool names, verses and
+    argument words never trained on) and `n` held-out document requests, read back by
+    pycohere.serve.prompts.read_answer as the server does. A tool answer is valid when it calls only
+    tools of the request with JSON-object arguments (exact: the expected call); a grounded answer when
+    it has citations of existing documents whose spans index its text (exact: cites the right one)."""
+    import torch
+    from pycohere.serve.prompts import build_prompt, read_answer
+
+    special = tuple(ptok.all_special_tokens)
+    counts = {"tool_valid": 0, "tool_exact": 0, "grounded_valid": 0, "grounded_exact": 0}
+    examples = {}
+    model.eval()
+    for i in range(n):
+        rng = np.random.default_rng([seed, 11, i])
+        for kind, case in (("tool", heldout_sampler.tool_case(rng)), ("grounded", heldout_sampler.grounded_case(rng))):
+            messages, tools, documents, mode, expected = case
+            prompt = build_prompt(ptok, messages, tools, documents, mode)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([prompt.ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=[EOT_ID, EOS_DOC_ID], pad_token_id=PAD_ID)
+            new = out[0, len(prompt.ids):].tolist()
+            if new and new[-1] in (EOT_ID, EOS_DOC_ID):
+                new = new[:-1]
+            raw = ptok.decode(new, skip_special_tokens=False)
+            answer = read_answer(raw, prompt, special)
+            if kind == "tool":
+                names = {t["function"]["name"] for t in tools}
+                calls = [(c["name"], json.loads(c["arguments"])) for c in answer.tool_calls]
+                ok = bool(calls) and all(name in names and isinstance(a, dict) for name, a in calls)
+                want = json.loads(expected.split("```json", 1)[1].rsplit("```", 1)[0])
+                exact = calls == [(c["tool_name"], c["parameters"]) for c in want]
+            else:
+                cites = answer.citations or []
+                ids = {f"doc_{k}" for k in range(len(documents))}
+                ok = bool(cites) and all(set(c["document_ids"]) <= ids and c["document_ids"]
+                                         and answer.content[c["start"]:c["end"]] == c["text"] for c in cites)
+                k = expected.split("\n", 1)[0].split(": ")[1]
+                exact = ok and all(c["document_ids"] == [f"doc_{k}"] for c in cites)
+            counts[f"{kind}_valid"] += ok
+            counts[f"{kind}_exact"] += exact
+            examples.setdefault(kind, {"user": messages[-1]["content"], "answer": raw})
+    model.train()
+    return {**counts, "n": n, "max_new_tokens": max_new_tokens, "examples": examples}
 
 
 def heldout_perplexity(model, windows: list[list[int]], batch_size: int = 16) -> tuple[float, int]:
@@ -269,7 +381,8 @@ def make_optimizer(model, lr: float, weight_decay: float):
 
 # Arguments that change the result: a checkpoint only resumes a run that used the same ones.
 RUN_ARGS = ("seed", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
-            "chat_fraction", "max_positions", "threads")
+            "chat_fraction", "max_positions", "threads", "tool_every", "tool_batch", "tool_weight",
+            "tool_max_len")
 
 
 def save_checkpoint(path: Path, model, opt, state: dict, args):
@@ -320,14 +433,23 @@ def train(args, model, corpus: Corpus, log) -> dict:
         x = torch.from_numpy(batch[:, :-1])
         y = torch.from_numpy(batch[:, 1:])
         logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = lm_loss
+        if args.tool_every and st["step"] % args.tool_every == 0:
+            seqs = corpus.tool_batch(st["step"], args.tool_batch)
+            tool = answer_loss(model, seqs)
+            st["tool_loss"] = tool.item()
+            st["tool_sequences"] = st.get("tool_sequences", 0) + len(seqs)
+            st["tool_tokens"] = st.get("tool_tokens", 0) + sum(len(ids) for ids, _ in seqs)
+            st["tool_answer_tokens"] = st.get("tool_answer_tokens", 0) + sum(len(i) - p for i, p in seqs)
+            loss = loss + args.tool_weight * tool
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         st["tokens_seen"] += x.numel()
         st["step"] += 1
-        st["loss"] = loss.item()
+        st["loss"] = lm_loss.item()
         step, total = st["step"], st["total"]
         if step == calib_from:
             t_calib = time.time()
@@ -339,15 +461,21 @@ def train(args, model, corpus: Corpus, log) -> dict:
             log(f"timing: {per_step:.3f} s/step -> total steps {total}")
         st["train_seconds"] = time.time() - t0
         if step % args.log_every == 0 or step == total:
-            log(f"step {step}/{total} epoch {st['epoch']} loss {st['loss']:.4f} lr {lr:.2e} "
+            log(f"step {step}/{total} epoch {st['epoch']} loss {st['loss']:.4f} "
+                f"tool loss {st.get('tool_loss', float('nan')):.4f} lr {lr:.2e} "
                 f"tokens {st['tokens_seen']} elapsed {st['train_seconds']:.0f}s "
                 f"tok/s {st['tokens_seen'] / st['train_seconds']:.0f}")
         if step % args.eval_every == 0 or step == total:
             ppl, _ = heldout_perplexity(model, eval_windows)
-            st["history"].append({"step": step, "train_loss": round(st["loss"], 4),
-                                  "heldout_ppl": round(ppl, 3),
-                                  "elapsed_s": round(time.time() - t0, 1)})
-            log(f"eval step {step}: held-out perplexity {ppl:.3f}")
+            entry = {"step": step, "train_loss": round(st["loss"], 4), "heldout_ppl": round(ppl, 3)}
+            if args.tool_every:
+                rates = tool_rates(model, corpus.ptok, corpus.heldout_tools, n=10, seed=args.seed)
+                entry.update({k: rates[k] for k in ("tool_valid", "tool_exact", "grounded_valid",
+                                                    "grounded_exact")}, tool_n=10)
+                entry["tool_loss"] = round(st.get("tool_loss", float("nan")), 4)
+            entry["elapsed_s"] = round(time.time() - t0, 1)
+            st["history"].append(entry)
+            log(f"eval step {step}: held-out perplexity {ppl:.3f}; {entry}")
         if args.checkpoint and total is not None and (step % args.checkpoint_every == 0
                                                       or step == total):
             st["train_seconds"] = time.time() - t0
@@ -355,6 +483,8 @@ def train(args, model, corpus: Corpus, log) -> dict:
             if args.stop_after == step:
                 raise SystemExit(f"stopped after step {step} (--stop-after)")
     return {"steps": st["total"], "tokens_seen": st["tokens_seen"],
+            "tool_sequences": st.get("tool_sequences", 0), "tool_tokens": st.get("tool_tokens", 0),
+            "tool_answer_tokens": st.get("tool_answer_tokens", 0),
             "epochs_started": st["epoch"] + 1, "train_seconds": round(time.time() - t0, 1),
             "history": st["history"], "final_train_loss": round(st["loss"], 4),
             "resumed_at_steps": st["resumed_at"]}
@@ -662,6 +792,14 @@ def parse_args(argv=None):
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--chat-fraction", type=float, default=0.08)
     p.add_argument("--max-positions", type=int, default=2048)
+    p.add_argument("--tool-every", type=int, default=2,
+                   help="every this many steps, add a batch of tool-use / grounded-answer sequences "
+                        "(0: none)")
+    p.add_argument("--tool-batch", type=int, default=3, help="sequences in such a batch")
+    p.add_argument("--tool-weight", type=float, default=1.0,
+                   help="weight of their answer loss beside the language-model loss")
+    p.add_argument("--tool-max-len", type=int, default=1536,
+                   help="longest tool/document sequence (prompt + answer), in tokens")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--log", type=Path, help="also append the log to this file")
@@ -713,7 +851,11 @@ def main(argv=None):
                     + demo_corpus.IDENTITY_ASKS + demo_corpus.IDENTITY_ANSWERS
                     + demo_corpus.OTHER_ASKS + demo_corpus.SYSTEM_PROMPTS)
     tok = build_tokenizer([c.text for c in train_ch] + fortunes_en + refranes_es + prompt_texts)
-    corpus = Corpus(tok, train_ch, heldout_ch, sampler, args.chat_fraction, args.seq_len, args.seed)
+    ptok = pycohere_tokenizer(tok, args.max_positions, Path(f"/tmp/pycohere-demo-tokenizer-{os.getpid()}"))
+    tool_sampler = demo_corpus.ToolSampler(train_ch, fortunes_en)
+    corpus = Corpus(tok, train_ch, heldout_ch, sampler, args.chat_fraction, args.seq_len, args.seed,
+                    ptok, tool_sampler, args.tool_every, args.tool_max_len)
+    corpus.heldout_tools = demo_corpus.ToolSampler(heldout_ch, fortunes_en, heldout=True, direct_p=0.0)
     log(f"tokenizer: {tok.get_vocab_size()} tokens; KJV train tokens {corpus.kjv_tokens}, "
         f"chat tokens per epoch >= {corpus.chat_target}")
 
@@ -748,12 +890,15 @@ def main(argv=None):
         log(f"{g['mode']} {g['prompt']!r} -> {g['completion']!r}")
     end_rate = chat_end_rate(model, tok, sampler)
     log(f"chat end rate: {end_rate}")
+    rates = tool_rates(model, ptok, corpus.heldout_tools, seed=args.seed) if args.tool_every else None
+    log(f"held-out tool / document requests: {rates}")
 
     command = ("nice -n 10 python tools/train_demo_model.py "
                f"--steps {result['steps']} --seed {args.seed} --out {args.out}")
     defaults = parse_args([])
     for name in ("threads", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
-                 "chat_fraction", "max_positions", "eval_every"):
+                 "chat_fraction", "max_positions", "eval_every", "tool_every", "tool_batch",
+                 "tool_weight", "tool_max_len"):
         if getattr(args, name) != getattr(defaults, name):
             command += f" --{name.replace('_', '-')} {getattr(args, name)}"
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
@@ -799,6 +944,7 @@ def main(argv=None):
         "checks": checks,
         "continuations": gens,
         "chat_end_rate": end_rate,
+        "tool_rates": rates,
         "files": files,
     }
     write_provenance(args.out, info)
