@@ -395,7 +395,6 @@ RUN_ARGS = ("seed", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "cl
 
 def load_init(folder: Path, tok, model, log) -> dict:
     """Copy the weights of an earlier demo model into `model` (bf16 widened to float32)."""
-    import torch
     from safetensors.torch import load_file
 
     if json.loads(tok.to_str()) != json.loads((folder / "tokenizer.json").read_text()):
