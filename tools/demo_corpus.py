@@ -303,7 +303,7 @@ class ToolSampler:
         self.short_verses = [(c.name, k + 1, v) for c in chapters for k, v in enumerate(c.verses)
                              if len(v) <= 110]
         self.fortunes = [f for f in fortunes_en if len(f) <= 110]
-        step = 1 if heldout else 7  # argument words: a sample of the training verses' words
+        step = 1 if heldout else 7  # argument words: a sample of the verses' words
         words = {w for _, _, v in self.short_verses[::step] for w in re.findall(r"[A-Za-z]{4,10}", v)}
         self.values = sorted(words)
 
