@@ -89,3 +89,53 @@ def test_piped_chat_answers_and_exits(demo):
     assert r.returncode == 0, r.stderr
     answer = r.stdout.strip()
     assert len(re.findall(r"[A-Za-z]+", answer)) >= 3 and "<|" not in answer
+
+
+# --- the tool-use / grounded-answer training samples (tools/demo_corpus.py ToolSampler) -----------------
+def _tool_sampler(heldout: bool):
+    import demo_corpus  # tools/
+    verses = (DEMO / "heldout.txt").read_text(encoding="utf-8").split("\n\n")
+    chapters = [demo_corpus.Chapter("Held", i + 1, tuple(c.splitlines())) for i, c in enumerate(verses)]
+    fortunes = ["A friend in need is a friend indeed.", "You will have a pleasant surprise."]
+    return demo_corpus, demo_corpus.ToolSampler(chapters, fortunes, heldout=heldout)
+
+
+def test_tool_training_answers_read_back_as_the_server_reads_them(demo):
+    """Each training answer, given to pycohere.serve.prompts.read_answer with the prompt the server builds,
+    is the call it was drawn as (name, arguments) or a citation of the document it quotes: the targets the
+    training script trains on are what `pycohere serve` turns into tool_calls / citations."""
+    from pycohere.serve.prompts import build_prompt, read_answer
+    _, tok = demo
+    special = tuple(tok.all_special_tokens)
+    corpus, sampler = _tool_sampler(heldout=False)
+    longest = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        messages, tools, _, _, answer = sampler.tool_case(rng)
+        prompt = build_prompt(tok, messages, tools, None)
+        got = read_answer(answer, prompt, special)
+        want = json.loads(answer.split("```json", 1)[1].rsplit("```", 1)[0])[0]
+        if want["tool_name"] == "directly_answer":
+            assert got.directly_answer and not got.tool_calls
+        else:
+            assert [(c["name"], json.loads(c["arguments"])) for c in got.tool_calls] == \
+                [(want["tool_name"], want["parameters"])]
+            assert want["tool_name"] in {t["function"]["name"] for t in tools}
+            quoted = messages[-1]["content"].split('"')[1]
+            assert list(want["parameters"].values())[0] == quoted   # the value is the user's quoted word
+        messages, _, documents, mode, answer = sampler.grounded_case(rng)
+        prompt = build_prompt(tok, messages, None, documents, mode)
+        got = read_answer(answer, prompt, special)
+        k = int(answer.split("\n", 1)[0].split(": ")[1])
+        assert [c["document_ids"] for c in got.citations] == [[f"doc_{k}"]]
+        assert got.citations[0]["text"] == documents[k]["text"] == got.content[got.citations[0]["start"]:]
+        longest = max(longest, len(prompt.ids))
+    assert longest + 128 <= 1536   # the default --tool-max-len keeps whole answers
+
+
+def test_heldout_tool_names_are_never_drawn_for_training():
+    corpus, train = _tool_sampler(heldout=False)
+    _, held = _tool_sampler(heldout=True)
+    trained = {f"{v}_{n}" for v, n in train.names}
+    assert trained and set(corpus.HELDOUT_TOOL_NAMES) == {f"{v}_{n}" for v, n in held.names}
+    assert not trained & set(corpus.HELDOUT_TOOL_NAMES)

@@ -23,6 +23,7 @@ so training and inference see exactly the same token layout.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -244,3 +245,136 @@ class ChatSampler:
 
 def _raise(message: str):
     raise jinja2.TemplateError(message)
+
+
+# ----------------------------------------------------------------------------- tool use and grounded answers
+# Requests in OpenAI's form (tools as JSON schema, documents as {"title", "text"}), answered in Command-R's
+# formats: an "Action: ```json [...]```" block for tools, "Relevant Documents: / Cited Documents: /
+# (Answer:) / Grounded answer:" with <co: i> spans for documents. The training script renders the prompts with
+# pycohere.serve.prompts.build_prompt, the code the server runs, so both see the same tokens. A 4M-parameter
+# model can learn to copy: the tool's name and parameter names from the spec, the quoted value from the user
+# turn, a document's sentence and its number.
+TOOL_VERBS = ["get", "find", "search", "lookup", "fetch", "list", "count", "send", "play", "translate",
+              "check", "show", "open", "read", "book", "order", "add", "remove", "create", "convert"]
+TOOL_NOUNS = ["weather", "verses", "word", "message", "song", "news", "price", "recipe", "flight", "hotel",
+              "movie", "time", "city", "friend", "note", "event", "proverb", "fortune", "chapter", "stock",
+              "email", "file", "user", "color", "book"]
+# (verb, noun) pairs never used in training: the held-out tool names tests and the training report use.
+HELDOUT_TOOL_NAMES = [f"{v}_{n}" for i, v in enumerate(TOOL_VERBS) for j, n in enumerate(TOOL_NOUNS)
+                      if (7 * i + 3 * j) % 10 == 0 and v != n]
+TOOL_PARAMS = [  # (name, JSON type, description)
+    ("query", "string", "the text to look for"), ("city", "string", "the name of the city"),
+    ("name", "string", "the name to use"), ("word", "string", "the word"), ("text", "string", "the text"),
+    ("title", "string", "the title"), ("topic", "string", "what it is about"),
+    ("place", "string", "where"), ("person", "string", "who it is for"), ("key", "string", "the key"),
+]
+TOOL_COUNT_PARAMS = [("count", "integer", "how many results"), ("limit", "integer", "at most this many"),
+                     ("number", "integer", "the number")]
+TOOL_DESCRIPTIONS = ["{V} the {n}.", "{V}s a {n} by its {p}.", "Use this to {v} the {n}.",
+                     "{V} {n} for the user.", "Returns the {n} after you {v} it."]
+TOOL_ASKS = ['Please {v} the {n} for "{x}".', 'Can you {v} {n} "{x}"?', '{V} the {n}: "{x}"',
+             '{V} {n} with {p} "{x}".', 'I need you to {v} the {n} "{x}".', '{V} "{x}" ({n}).']
+TOOL_COUNT_ASKS = [" Give me {k}.", " Only {k}, please.", " {k} of them."]
+DOC_ASKS = ['What does it say about "{w}"?', "Tell me about {w}.", "What is written about {w}?",
+            'Find "{w}" in the documents.', "Which document mentions {w}?", "What do you know about {w}?"]
+GROUNDED_LEADS = ["", "", "It is written: ", "The document says: ", "As document {k} says, "]
+CHAT_WITH_TOOLS_ASKS = GREETINGS[:6] + ["Thank you.", "Tell me a story.", "Who are you?"]
+
+
+def _json_schema_tool(name: str, description: str, params: list[tuple[str, str, str]], required: list[str]):
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {p: {"type": t, "description": d} for p, t, d in params},
+                       "required": required}}}
+
+
+class ToolSampler:
+    """Draws (messages, tools, documents, citation_mode, answer) cases; answer is the Command-R output the
+    model should write (without the closing <|END_OF_TURN_TOKEN|>)."""
+
+    def __init__(self, chapters: list[Chapter], fortunes_en: list[str], heldout: bool = False,
+                 direct_p: float = 0.08):
+        """Training cases use the training chapters and tool names outside HELDOUT_TOOL_NAMES;
+        ``heldout=True`` (with the held-out chapters) draws evaluation cases from what training never saw."""
+        held = set(HELDOUT_TOOL_NAMES)
+        self.names = [(v, n) for v in TOOL_VERBS for n in TOOL_NOUNS
+                      if ((f"{v}_{n}" in held) == heldout) and v != n]
+        self.direct_p = direct_p
+        self.short_verses = [(c.name, k + 1, v) for c in chapters for k, v in enumerate(c.verses)
+                             if len(v) <= 110]
+        self.fortunes = [f for f in fortunes_en if len(f) <= 110]
+        step = 1 if heldout else 7  # argument words: a sample of the verses' words
+        words = {w for _, _, v in self.short_verses[::step] for w in re.findall(r"[A-Za-z]{4,10}", v)}
+        self.values = sorted(words)
+
+    @staticmethod
+    def _pick(rng, items):
+        return items[int(rng.integers(len(items)))]
+
+    def tool_case(self, rng: np.random.Generator):
+        pick = lambda items: self._pick(rng, items)  # noqa: E731
+        n_tools = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+        chosen = [self.names[int(i)] for i in rng.choice(len(self.names), n_tools, replace=False)]
+        tools, specs = [], []
+        for verb, noun in chosen:
+            p_str = TOOL_PARAMS[int(rng.integers(len(TOOL_PARAMS)))]
+            params, required = [p_str], [p_str[0]]
+            if rng.random() < 0.35:
+                params.append(pick(TOOL_COUNT_PARAMS))
+                if rng.random() < 0.5:
+                    required.append(params[-1][0])
+            desc = pick(TOOL_DESCRIPTIONS).format(V=verb.capitalize(), v=verb, n=noun, p=p_str[0])
+            tools.append(_json_schema_tool(f"{verb}_{noun}", desc, params, required))
+            specs.append((verb, noun, params, required))
+        if rng.random() < self.direct_p:  # nothing to call: Command-R's directly_answer pseudo-tool
+            user = pick(CHAT_WITH_TOOLS_ASKS)
+            answer = [{"tool_name": "directly_answer", "parameters": {}}]
+        else:
+            verb, noun, params, required = specs[int(rng.integers(n_tools))]
+            value = pick(self.values)
+            user = pick(TOOL_ASKS).format(V=verb.capitalize(), v=verb, n=noun, p=params[0][0], x=value)
+            args = {params[0][0]: value}
+            if len(params) > 1 and (params[1][0] in required or rng.random() < 0.5):
+                k = int(rng.integers(1, 21))
+                user += pick(TOOL_COUNT_ASKS).format(k=k)
+                args[params[1][0]] = k
+            answer = [{"tool_name": f"{verb}_{noun}", "parameters": args}]
+        messages = [{"role": "user", "content": user}]
+        if rng.random() < 0.1:
+            messages.insert(0, {"role": "system", "content": pick(SYSTEM_PROMPTS[:5])})
+        # As pycohere.serve.prompts renders an assistant's earlier calls (json.dumps, indent 4).
+        text = "Action: ```json\n" + json.dumps(answer, indent=4, ensure_ascii=False) + "\n```"
+        return messages, tools, None, "accurate", text
+
+    def grounded_case(self, rng: np.random.Generator):
+        pick = lambda items: self._pick(rng, items)  # noqa: E731
+        n_docs = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.35, 0.35, 0.15]))
+        for _ in range(50):  # the asked-about word must be in the cited document only
+            docs = []
+            for _ in range(n_docs):
+                if rng.random() < 0.25:
+                    docs.append(("Fortune", pick(self.fortunes)))
+                else:
+                    book, verse_no, verse = pick(self.short_verses)
+                    docs.append((f"{book}:{verse_no}", verse))
+            k = int(rng.integers(n_docs))
+            others = " ".join(t for i, (_, t) in enumerate(docs) if i != k).lower()
+            words = [w for w in re.findall(r"[A-Za-z]{4,12}", docs[k][1]) if w.lower() not in others]
+            if words:
+                break
+        word = pick(words)
+        titled = rng.random() < 0.7
+        documents = [{"title": t, "text": x} if titled else {"text": x} for t, x in docs]
+        mode = "accurate" if rng.random() < 0.7 else "fast"
+        sentence = docs[k][1]
+        lines = [f"Relevant Documents: {k}", f"Cited Documents: {k}"]
+        if mode == "accurate":
+            lines.append(f"Answer: {sentence}")
+        lines.append(f"Grounded answer: {pick(GROUNDED_LEADS).format(k=k)}<co: {k}>{sentence}</co: {k}>")
+        messages = [{"role": "user", "content": pick(DOC_ASKS).format(w=word)}]
+        if rng.random() < 0.1:
+            messages.insert(0, {"role": "system", "content": pick(SYSTEM_PROMPTS[:5])})
+        return messages, None, documents, mode, "\n".join(lines)
+
+    def case(self, rng: np.random.Generator):
+        return self.tool_case(rng) if rng.random() < 0.5 else self.grounded_case(rng)

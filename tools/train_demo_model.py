@@ -13,6 +13,14 @@ not depend on machine speed):
 
     nice -n 10 python tools/train_demo_model.py --steps N --seed 0 --out pycohere/demo
 
+``--tool-every N`` (default 0: off, which is how the shipped model was made) adds, every N steps, a
+batch of Command-R tool-use / grounded-answer sequences (``demo_corpus.ToolSampler``, rendered by
+``pycohere.serve.prompts.build_prompt``), with the loss on their answers only; ``--init DIR`` starts
+from an earlier demo model's weights instead of random ones (fine-tuning). Tried once: ``--init
+pycohere/demo --steps 350 --lr 1e-3 --warmup 20 --batch-size 4 --tool-every 1 --tool-batch 3`` (50 min
+on the shared machine) kept the held-out perplexity at 29.1 and learned the answer layouts, but not
+yet to copy a tool's name from the prompt (0 of 20 held-out tool requests valid).
+
 ``--minutes M`` instead times the first steps and picks the step count that fits in M minutes;
 the learning-rate schedule only depends on the final step count, so such a run equals the
 ``--steps`` run with the step count it reports.
@@ -168,8 +176,11 @@ def tokenizer_files(max_positions: int) -> dict[str, dict]:
 class Corpus:
     """Token ids for training (KJV chapters + fresh chat samples every epoch) and evaluation."""
 
-    def __init__(self, tok, train, heldout, sampler, chat_fraction: float, seq_len: int, seed: int):
+    def __init__(self, tok, train, heldout, sampler, chat_fraction: float, seq_len: int, seed: int,
+                 ptok=None, tool_sampler=None, tool_every: int = 0, tool_max_len: int = 1536):
         self.tok, self.sampler, self.seq_len, self.seed = tok, sampler, seq_len, seed
+        self.ptok, self.tool_sampler = ptok, tool_sampler
+        self.tool_every, self.tool_max_len = tool_every, tool_max_len
         encs = tok.encode_batch([c.text for c in train], add_special_tokens=False)
         # One document per chapter: <BOS_TOKEN> text <EOS_TOKEN>, as in pretraining.
         self.kjv_docs = [[BOS_ID] + e.ids + [EOS_DOC_ID] for e in encs]
@@ -209,6 +220,20 @@ class Corpus:
             skip = max(0, skip - n)
             epoch += 1
 
+    def tool_batch(self, step: int, size: int) -> list[tuple[list[int], int]]:
+        """`size` tool-use or grounded-answer sequences (alternating kinds by call, so a batch shares
+        the template's long fixed preamble): (prompt ids + answer ids + <|END_OF_TURN_TOKEN|>, prompt
+        length). Drawn from the step number alone, so a resumed run gets the same ones."""
+        rng = np.random.default_rng([self.seed, 7, step])
+        kind = (step // max(1, self.tool_every)) % 2
+        out = []
+        for _ in range(size):
+            case = self.tool_sampler.tool_case(rng) if kind == 0 else self.tool_sampler.grounded_case(rng)
+            prompt, answer = render_tool_case(self.ptok, case)
+            ids = prompt + answer
+            out.append((ids[:self.tool_max_len], len(prompt)))
+        return out
+
     def eval_windows(self) -> list[list[int]]:
         """Held-out windows: per chapter, [BOS] + 256 text tokens at a time (no carried context);
         every text token is predicted exactly once."""
@@ -217,6 +242,101 @@ class Corpus:
             for i in range(0, len(ids), self.seq_len):
                 out.append([BOS_ID] + ids[i:i + self.seq_len])
         return out
+
+
+def pycohere_tokenizer(tok, max_positions: int, directory: Path):
+    """pycohere's own CohereTokenizer over the freshly trained BPE: the tool and document prompts are
+    rendered with it by pycohere.serve.prompts.build_prompt, the code `pycohere serve` runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from pycohere.text.tokenizer import CohereTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    for name, content in tokenizer_files(max_positions).items():
+        (directory / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    return CohereTokenizer.from_pretrained(str(directory))
+
+
+def render_tool_case(ptok, case) -> tuple[list[int], list[int]]:
+    """(prompt ids exactly as the server builds them, answer ids + <|END_OF_TURN_TOKEN|>)."""
+    from pycohere.serve.prompts import build_prompt
+
+    messages, tools, documents, mode, answer = case
+    prompt = build_prompt(ptok, messages, tools, documents, mode)
+    return prompt.ids, ptok.encode(answer, add_special_tokens=False) + [EOT_ID]
+
+
+def answer_loss(model, seqs: list[tuple[list[int], int]]):
+    """Mean cross-entropy over the answer tokens only (the prompt is the template's fixed preamble
+    plus the request: nothing the model ever has to write). The batch's common prefix runs once,
+    without gradients, as a KV cache the rest attends to: same forward as the full sequences, at a
+    fraction of the cost (the preamble is ~600 of ~1000 tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = min(p for _, p in seqs) - 1  # the first answer token is predicted from inside the suffix
+    first = seqs[0][0]
+    lcp = next((i for i in range(n) if any(ids[i] != first[i] for ids, _ in seqs)), n)
+    with torch.no_grad():
+        cache = model.model(input_ids=torch.tensor([first[:lcp]]), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(seqs))
+    width = max(len(ids) for ids, _ in seqs) - lcp
+    x = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for b, (ids, p) in enumerate(seqs):
+        x[b, :len(ids) - lcp] = torch.tensor(ids[lcp:])
+        for g in range(p - 1, len(ids) - 1):  # position g predicts ids[g + 1], an answer token
+            rows.append(b), cols.append(g - lcp), targets.append(ids[g + 1])
+    h = model.model(input_ids=x, past_key_values=cache, use_cache=True).last_hidden_state
+    logits = model.lm_head(h[torch.tensor(rows), torch.tensor(cols)]) * model.logit_scale  # COHERE: logit_scale
+    return F.cross_entropy(logits.float(), torch.tensor(targets))
+
+
+def tool_rates(model, ptok, heldout_sampler, n: int = 20, seed: int = 0,
+               max_new_tokens: int = 128) -> dict:
+    """Greedy answers (transformers generate) to `n` held-out tool requests (tool names, verses and
+    argument words never trained on) and `n` held-out document requests, read back by
+    pycohere.serve.prompts.read_answer as the server does. A tool answer is valid when it calls only
+    tools of the request with JSON-object arguments (exact: the expected call); a grounded answer when
+    it has citations of existing documents whose spans index its text (exact: cites the right one)."""
+    import torch
+    from pycohere.serve.prompts import build_prompt, read_answer
+
+    special = tuple(ptok.all_special_tokens)
+    counts = {"tool_valid": 0, "tool_exact": 0, "grounded_valid": 0, "grounded_exact": 0}
+    examples = {}
+    model.eval()
+    for i in range(n):
+        rng = np.random.default_rng([seed, 11, i])
+        for kind, case in (("tool", heldout_sampler.tool_case(rng)), ("grounded", heldout_sampler.grounded_case(rng))):
+            messages, tools, documents, mode, expected = case
+            prompt = build_prompt(ptok, messages, tools, documents, mode)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([prompt.ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=[EOT_ID, EOS_DOC_ID], pad_token_id=PAD_ID)
+            new = out[0, len(prompt.ids):].tolist()
+            if new and new[-1] in (EOT_ID, EOS_DOC_ID):
+                new = new[:-1]
+            raw = ptok.decode(new, skip_special_tokens=False)
+            answer = read_answer(raw, prompt, special)
+            if kind == "tool":
+                names = {t["function"]["name"] for t in tools}
+                calls = [(c["name"], json.loads(c["arguments"])) for c in answer.tool_calls]
+                ok = bool(calls) and all(name in names and isinstance(a, dict) for name, a in calls)
+                want = json.loads(expected.split("```json", 1)[1].rsplit("```", 1)[0])
+                exact = calls == [(c["tool_name"], c["parameters"]) for c in want]
+            else:
+                cites = answer.citations or []
+                ids = {f"doc_{k}" for k in range(len(documents))}
+                ok = bool(cites) and all(set(c["document_ids"]) <= ids and c["document_ids"]
+                                         and answer.content[c["start"]:c["end"]] == c["text"] for c in cites)
+                k = expected.split("\n", 1)[0].split(": ")[1]
+                exact = ok and all(c["document_ids"] == [f"doc_{k}"] for c in cites)
+            counts[f"{kind}_valid"] += ok
+            counts[f"{kind}_exact"] += exact
+            examples.setdefault(kind, {"user": messages[-1]["content"], "answer": raw})
+    model.train()
+    return {**counts, "n": n, "max_new_tokens": max_new_tokens, "examples": examples}
 
 
 def heldout_perplexity(model, windows: list[list[int]], batch_size: int = 16) -> tuple[float, int]:
@@ -269,7 +389,34 @@ def make_optimizer(model, lr: float, weight_decay: float):
 
 # Arguments that change the result: a checkpoint only resumes a run that used the same ones.
 RUN_ARGS = ("seed", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
-            "chat_fraction", "max_positions", "threads")
+            "chat_fraction", "max_positions", "threads", "tool_every", "tool_batch", "tool_weight",
+            "tool_max_len", "init")
+
+
+def load_init(folder: Path, tok, model, log) -> dict:
+    """Copy the weights of an earlier demo model into `model` (bf16 widened to float32)."""
+    from safetensors.torch import load_file
+
+    if json.loads(tok.to_str()) != json.loads((folder / "tokenizer.json").read_text()):
+        raise SystemExit(f"{folder}/tokenizer.json differs from the tokenizer rebuilt from the corpus")
+    weights = folder / "model.safetensors"
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"lm_head.weight"}:
+        raise SystemExit(f"{weights}: missing {missing}, unexpected {unexpected}")
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    base = json.loads((folder / "provenance.json").read_text())
+    digest = sha256(weights)
+    if base["files"]["model.safetensors"]["sha256"] != digest:
+        raise SystemExit(f"{weights} is not the file its provenance.json describes")
+    command = base["command"].replace(f"--out {base['command'].split('--out ')[1].split()[0]}",
+                                      f"--out {folder}")
+    log(f"initialised from {weights} (sha256 {digest[:12]}..., held-out perplexity "
+        f"{base['results']['heldout_ppl_bf16']:.3f})")
+    return {"folder": str(folder), "sha256": digest, "command": command,
+            "heldout_ppl_bf16": base["results"]["heldout_ppl_bf16"],
+            "steps": base["results"]["steps"], "tokens_seen": base["results"]["tokens_seen"],
+            "train_seconds": base["results"]["train_seconds"]}
 
 
 def save_checkpoint(path: Path, model, opt, state: dict, args):
@@ -320,14 +467,23 @@ def train(args, model, corpus: Corpus, log) -> dict:
         x = torch.from_numpy(batch[:, :-1])
         y = torch.from_numpy(batch[:, 1:])
         logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = lm_loss
+        if args.tool_every and st["step"] % args.tool_every == 0:
+            seqs = corpus.tool_batch(st["step"], args.tool_batch)
+            tool = answer_loss(model, seqs)
+            st["tool_loss"] = tool.item()
+            st["tool_sequences"] = st.get("tool_sequences", 0) + len(seqs)
+            st["tool_tokens"] = st.get("tool_tokens", 0) + sum(len(ids) for ids, _ in seqs)
+            st["tool_answer_tokens"] = st.get("tool_answer_tokens", 0) + sum(len(i) - p for i, p in seqs)
+            loss = loss + args.tool_weight * tool
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         st["tokens_seen"] += x.numel()
         st["step"] += 1
-        st["loss"] = loss.item()
+        st["loss"] = lm_loss.item()
         step, total = st["step"], st["total"]
         if step == calib_from:
             t_calib = time.time()
@@ -339,15 +495,21 @@ def train(args, model, corpus: Corpus, log) -> dict:
             log(f"timing: {per_step:.3f} s/step -> total steps {total}")
         st["train_seconds"] = time.time() - t0
         if step % args.log_every == 0 or step == total:
-            log(f"step {step}/{total} epoch {st['epoch']} loss {st['loss']:.4f} lr {lr:.2e} "
+            log(f"step {step}/{total} epoch {st['epoch']} loss {st['loss']:.4f} "
+                f"tool loss {st.get('tool_loss', float('nan')):.4f} lr {lr:.2e} "
                 f"tokens {st['tokens_seen']} elapsed {st['train_seconds']:.0f}s "
                 f"tok/s {st['tokens_seen'] / st['train_seconds']:.0f}")
         if step % args.eval_every == 0 or step == total:
             ppl, _ = heldout_perplexity(model, eval_windows)
-            st["history"].append({"step": step, "train_loss": round(st["loss"], 4),
-                                  "heldout_ppl": round(ppl, 3),
-                                  "elapsed_s": round(time.time() - t0, 1)})
-            log(f"eval step {step}: held-out perplexity {ppl:.3f}")
+            entry = {"step": step, "train_loss": round(st["loss"], 4), "heldout_ppl": round(ppl, 3)}
+            if args.tool_every:
+                rates = tool_rates(model, corpus.ptok, corpus.heldout_tools, n=10, seed=args.seed)
+                entry.update({k: rates[k] for k in ("tool_valid", "tool_exact", "grounded_valid",
+                                                    "grounded_exact")}, tool_n=10)
+                entry["tool_loss"] = round(st.get("tool_loss", float("nan")), 4)
+            entry["elapsed_s"] = round(time.time() - t0, 1)
+            st["history"].append(entry)
+            log(f"eval step {step}: held-out perplexity {ppl:.3f}; {entry}")
         if args.checkpoint and total is not None and (step % args.checkpoint_every == 0
                                                       or step == total):
             st["train_seconds"] = time.time() - t0
@@ -355,6 +517,8 @@ def train(args, model, corpus: Corpus, log) -> dict:
             if args.stop_after == step:
                 raise SystemExit(f"stopped after step {step} (--stop-after)")
     return {"steps": st["total"], "tokens_seen": st["tokens_seen"],
+            "tool_sequences": st.get("tool_sequences", 0), "tool_tokens": st.get("tool_tokens", 0),
+            "tool_answer_tokens": st.get("tool_answer_tokens", 0),
             "epochs_started": st["epoch"] + 1, "train_seconds": round(time.time() - t0, 1),
             "history": st["history"], "final_train_loss": round(st["loss"], 4),
             "resumed_at_steps": st["resumed_at"]}
@@ -507,15 +671,29 @@ def write_provenance(out: Path, info: dict):
     lines = [
         "# pycohere demo model: provenance",
         "",
-        "A tiny Cohere-architecture language model trained from scratch by pycohere's own",
+        "A tiny Cohere-architecture language model trained from scratch by pycohere's own"
+        if not info.get("init") else
+        "A tiny Cohere-architecture language model trained (from scratch, then fine-tuned) by pycohere's own",
         "`tools/train_demo_model.py`, shipped so that `pycohere generate` and `pycohere chat` work",
         "offline. It is a toy: it writes King-James-style English and answers chat turns with a",
-        "verse, a fortune-cookie line or a Spanish proverb. It knows nothing else.",
+        "verse, a fortune-cookie line or a Spanish proverb"
+        + ("; it was also trained on Command-R's tool-use and grounded-answer formats (see below)."
+           if info.get("tool_training") else ". It knows nothing else."),
         "",
         "## Reproduce",
         "",
         "```sh",
         "apt-get install -y " + " ".join(info["corpus"]["debian_packages"]),
+    ]
+    ini = info.get("init")
+    if ini:
+        lines += [
+            f"# 1. the starting point, {ini['folder']}: the previous demo model (from scratch, no tool",
+            f"#    samples; model.safetensors sha256 {ini['sha256']}), made by",
+            ini["command"],
+            "# 2. this model: fine-tuned from it",
+        ]
+    lines += [
         info["command"],
         "```",
         "",
@@ -527,6 +705,17 @@ def write_provenance(out: Path, info: dict):
            f"{', '.join(map(str, r['resumed_at_steps']))} (exact continuation: same batches, "
            "optimizer state restored; time while stopped not counted)." if r["resumed_at_steps"]
            else "."),
+    ]
+    if ini:
+        lines += [
+            "",
+            f"Fine-tuned, not trained from scratch: the starting point took {ini['steps']} steps "
+            f"({ini['tokens_seen']:,} tokens, {ini['train_seconds'] / 60:.1f} min; held-out "
+            f"perplexity {ini['heldout_ppl_bf16']:.2f}). The fine-tuning keeps the language-model "
+            "batches (same corpus and chat samples) beside the tool batches, at a lower learning "
+            "rate, so the King James text is not forgotten.",
+        ]
+    lines += [
         "",
         "## Model",
         "",
@@ -539,8 +728,10 @@ def write_provenance(out: Path, info: dict):
         "(`rope_theta`, no `rope_parameters`).",
         "- `logit_scale` 1.0, not Command-R's 0.0625: with tied embeddings at this size 0.0625 "
         "trained far worse (measured: perplexity 287 vs 51 after 3 minutes).",
-        f"- Trained context: {info['training']['seq_len']} tokens "
-        f"(`max_position_embeddings` {info['model']['max_position_embeddings']} is only the RoPE "
+        f"- Trained context: {info['training']['seq_len']} tokens"
+        + (f" for text and chat, up to {info['tool_training']['max_len']} for the tool-use and "
+           "grounded-answer sequences" if info.get("tool_training") else "")
+        + f" (`max_position_embeddings` {info['model']['max_position_embeddings']} is only the RoPE "
         "table size; quality drops beyond the trained context).",
         "",
         "## Tokenizer",
@@ -583,6 +774,31 @@ def write_provenance(out: Path, info: dict):
         f"pass (with <BOS_TOKEN>/<EOS_TOKEN> per chapter); chat samples, drawn afresh every epoch, "
         f"add {c['chat_fraction']:.0%} of tokens (Command-R template, 15% with a system turn, 20% "
         "with two exchanges).",
+    ]
+    t = info.get("tool_training")
+    if t:
+        lines += [
+            "",
+            f"Tool use and grounded answers: every {t['every']} steps a batch of {t['batch']} "
+            f"sequences ({t['sequences']:,} in all, {t['tokens']:,} tokens, {t['answer_tokens']:,} of "
+            "them answers), alternately tool requests and document requests drawn by "
+            "`tools/demo_corpus.py` `ToolSampler`: OpenAI-style tools (1-3 functions named "
+            "verb_noun, 1-2 parameters, e.g. `search_verses(query)`) with a user turn that names "
+            "one and quotes a value, answered with Command-R's `Action: ```json [...]``` ` block "
+            "(8% greetings answered with `directly_answer`); or 1-4 documents (training-split verses "
+            "or fortune lines, 70% with a title) with a question about a word found in one of them, "
+            "answered `Relevant Documents: k` / `Cited Documents: k` / `Answer:` (accurate mode, "
+            "70%; fast mode 30%) / `Grounded answer: <co: k>the sentence</co: k>`. The prompts are "
+            "rendered by `pycohere.serve.prompts.build_prompt` (Command-R's built-in `tool_use` and "
+            "`rag` templates, ~900-1200 tokens) with the freshly trained tokenizer: exactly what "
+            "`pycohere serve` runs at inference. Loss on the answer tokens only (weight "
+            f"{t['weight']}, added to the language-model loss of the same step): the prompt is mostly "
+            "the templates' fixed preamble, nothing the model has to write; the batch's shared prefix "
+            "(~600 of ~1000 tokens) runs once without gradients as a KV cache (the same forward). Tool "
+            f"names in `HELDOUT_TOOL_NAMES` ({t['heldout_names']} of the verb_noun pairs) are never "
+            "trained on.",
+        ]
+    lines += [
         "",
         f"Held out (never trained on, not used for the tokenizer): KJV chapters with index "
         f"i % {demo_corpus.HELDOUT_EVERY} == {demo_corpus.HELDOUT_OFFSET} in canonical order "
@@ -604,6 +820,22 @@ def write_provenance(out: Path, info: dict):
         f"passes over the training split), {r['steps']} steps of "
         f"{info['training']['batch_size']}x{info['training']['seq_len']} tokens, final train loss "
         f"{r['final_train_loss']}.",
+    ]
+    tr = info.get("tool_rates")
+    if tr:
+        lines += [
+            f"- Held-out tool requests (tool names never trained on, argument words from held-out "
+            f"chapters), greedy, read back by `pycohere.serve.prompts.read_answer`: a valid call of "
+            f"the request's tools in **{tr['tool_valid']} of {tr['n']}**, the expected call exactly "
+            f"(name and arguments) in {tr['tool_exact']}. Held-out document requests (held-out "
+            f"verses): valid citations (existing documents, spans that index the text) in "
+            f"**{tr['grounded_valid']} of {tr['n']}**, citing exactly the right document in "
+            f"{tr['grounded_exact']}.",
+        ]
+        for kind, v in tr["examples"].items():
+            lines += ["", f"First held-out {kind} request, `{v['user']}`, answered:", "", "```",
+                      v["answer"], "```"]
+    lines += [
         "",
         "Continuations (transformers `generate`, max 60/80 new tokens, stop on ids 9/6):",
         "",
@@ -629,7 +861,8 @@ def write_provenance(out: Path, info: dict):
             "- Fortune-cookie and Spanish answers are mostly garbled: together they are about 2% "
             "of the training tokens, too little for a 4M-parameter model. English KJV prose is "
             "what it does well.",
-            f"- Trained on {info['training']['seq_len']}-token windows only.",
+            f"- Trained on {info['training']['seq_len']}-token windows only"
+            + (" (tool and document sequences longer)." if info.get("tool_training") else "."),
             "",
         ]
     lines += [
@@ -662,6 +895,17 @@ def parse_args(argv=None):
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--chat-fraction", type=float, default=0.08)
     p.add_argument("--max-positions", type=int, default=2048)
+    p.add_argument("--tool-every", type=int, default=0,
+                   help="every this many steps, add a batch of tool-use / grounded-answer sequences "
+                        "(0: none)")
+    p.add_argument("--tool-batch", type=int, default=3, help="sequences in such a batch")
+    p.add_argument("--tool-weight", type=float, default=1.0,
+                   help="weight of their answer loss beside the language-model loss")
+    p.add_argument("--tool-max-len", type=int, default=1536,
+                   help="longest tool/document sequence (prompt + answer), in tokens")
+    p.add_argument("--init", type=Path,
+                   help="start from the weights of this demo model folder (trained by this script: "
+                        "its tokenizer must be the one rebuilt here) instead of random ones")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--log", type=Path, help="also append the log to this file")
@@ -713,7 +957,11 @@ def main(argv=None):
                     + demo_corpus.IDENTITY_ASKS + demo_corpus.IDENTITY_ANSWERS
                     + demo_corpus.OTHER_ASKS + demo_corpus.SYSTEM_PROMPTS)
     tok = build_tokenizer([c.text for c in train_ch] + fortunes_en + refranes_es + prompt_texts)
-    corpus = Corpus(tok, train_ch, heldout_ch, sampler, args.chat_fraction, args.seq_len, args.seed)
+    ptok = pycohere_tokenizer(tok, args.max_positions, Path(f"/tmp/pycohere-demo-tokenizer-{os.getpid()}"))
+    tool_sampler = demo_corpus.ToolSampler(train_ch, fortunes_en)
+    corpus = Corpus(tok, train_ch, heldout_ch, sampler, args.chat_fraction, args.seq_len, args.seed,
+                    ptok, tool_sampler, args.tool_every, args.tool_max_len)
+    corpus.heldout_tools = demo_corpus.ToolSampler(heldout_ch, fortunes_en, heldout=True, direct_p=0.0)
     log(f"tokenizer: {tok.get_vocab_size()} tokens; KJV train tokens {corpus.kjv_tokens}, "
         f"chat tokens per epoch >= {corpus.chat_target}")
 
@@ -729,6 +977,7 @@ def main(argv=None):
     config._attn_implementation = "eager"
     torch.manual_seed(args.seed)
     model = CohereForCausalLM(config).float()
+    init = load_init(args.init, tok, model, log) if args.init else None
     n_params = sum(p.numel() for p in model.parameters())  # tied weight counted once
     log(f"model: {n_params} parameters")
 
@@ -748,12 +997,15 @@ def main(argv=None):
         log(f"{g['mode']} {g['prompt']!r} -> {g['completion']!r}")
     end_rate = chat_end_rate(model, tok, sampler)
     log(f"chat end rate: {end_rate}")
+    rates = tool_rates(model, ptok, corpus.heldout_tools, seed=args.seed) if args.tool_every else None
+    log(f"held-out tool / document requests: {rates}")
 
     command = ("nice -n 10 python tools/train_demo_model.py "
                f"--steps {result['steps']} --seed {args.seed} --out {args.out}")
     defaults = parse_args([])
     for name in ("threads", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
-                 "chat_fraction", "max_positions", "eval_every"):
+                 "chat_fraction", "max_positions", "eval_every", "tool_every", "tool_batch",
+                 "tool_weight", "tool_max_len", "init"):
         if getattr(args, name) != getattr(defaults, name):
             command += f" --{name.replace('_', '-')} {getattr(args, name)}"
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
@@ -776,7 +1028,7 @@ def main(argv=None):
                      "optimizer": "AdamW betas (0.9, 0.95) eps 1e-8, weight decay "
                                   f"{args.weight_decay} (not on norms), grad clip {args.clip}",
                      "dtype": "float32 (weights rounded to bf16 once at the end)",
-                     "torch_threads": args.threads},
+                     "torch_threads": args.threads, "tool_max_len": args.tool_max_len},
         "tokenizer": {"vocab_size": VOCAB_SIZE,
                       "special_tokens": {t: i for i, t in enumerate(SPECIAL_TOKENS)},
                       "bos_token_id": BOS_ID, "eos_token_id": EOT_ID, "pad_token_id": PAD_ID,
@@ -799,6 +1051,13 @@ def main(argv=None):
         "checks": checks,
         "continuations": gens,
         "chat_end_rate": end_rate,
+        "init": init,
+        "tool_training": {"every": args.tool_every, "batch": args.tool_batch, "weight": args.tool_weight,
+                          "max_len": args.tool_max_len, "sequences": result["tool_sequences"],
+                          "tokens": result["tool_tokens"], "answer_tokens": result["tool_answer_tokens"],
+                          "heldout_names": len(demo_corpus.HELDOUT_TOOL_NAMES),
+                          "loss": "answer tokens only"} if args.tool_every else None,
+        "tool_rates": rates,
         "files": files,
     }
     write_provenance(args.out, info)
@@ -826,6 +1085,9 @@ def evaluate_only(args, tok, corpus: Corpus, sampler, log):
     info["continuations"] = continuations(model, tok, sampler, args.seed)
     info["chat_end_rate"] = chat_end_rate(model, tok, sampler)
     log(f"chat end rate: {info['chat_end_rate']}")
+    if info.get("tool_training"):
+        info["tool_rates"] = tool_rates(model, corpus.ptok, corpus.heldout_tools, seed=args.seed)
+        log(f"held-out tool / document requests: {info['tool_rates']}")
     info["reevaluated"] = {"invocation": " ".join(sys.argv), "heldout_ppl": ppl,
                            "note": "generations recomputed on the weights reloaded with "
                                    "CohereForCausalLM.from_pretrained"}
