@@ -97,18 +97,14 @@ if AVAILABLE:
     def _v(t, n):
         return ir.VectorType(t, n)
 
-    def _splat(builder, value, t, n):
-        one = builder.insert_element(ir.Constant(_v(t, n), None), value, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(one, ir.Constant(_v(t, n), None), ir.Constant(_v(_I32, n), [0] * n))
+    from .vrows import hsum as _hsum_ir, splat as _splat_ir
+
+    def _splat(builder, value, t, n):  # (t: the lane type, implied by value)
+        return _splat_ir(builder, value, n)
 
     def _hsum(builder, vec, n):
         """Sum of the n float lanes of vec, by halves (one per row: the order is immaterial)."""
-        while n > 1:
-            n //= 2
-            lo = builder.shuffle_vector(vec, vec, ir.Constant(_v(_I32, n), list(range(n))))
-            hi = builder.shuffle_vector(vec, vec, ir.Constant(_v(_I32, n), list(range(n, 2 * n))))
-            vec = builder.fadd(lo, hi)
-        return builder.extract_element(vec, ir.Constant(_I32, 0))
+        return _hsum_ir(builder, vec)
 
     class _Codegen:
         """Shared pieces of the four row kernels: intrinsics, pointers, the kvalues lookup."""

@@ -343,20 +343,26 @@ if AVAILABLE:
                                              ir.Constant(vec(_I32, 32), list(range(32)))))  # [low | high]
         return _dw4(row, blk, 18), nibs
 
-    def _q4_0_apply(row, k, unpacked, accs, corr):
+    def _apply4(row, k, unpacked, accs, corr, wide_dot, narrow_dot, offset):
+        """Four unpacked blocks times one token's codes: ``wide_dot(item, codes of 64)`` per pair of blocks
+        or ``narrow_dot(item, codes of 32)`` per block, scaled by d_w d_x; q4_0's ``offset`` sums beside."""
         b = row.b
-        dw4, nibs = unpacked
+        dw4, items = unpacked
         s4 = b.fmul(dw4, _dx4(row, k))
         accs = list(accs)
         if WIDE == 16:
             for p in range(2):
-                ints = row.dot512(nibs[p], _codes_at(row, row.off(k, 2 * p), 64))
+                ints = wide_dot(row, items[p], _codes_at(row, row.off(k, 2 * p), 64))
                 accs[p] = _scaled(b, ints, _pair_scales(b, s4, p), accs[p])
         else:
             for u in range(4):
-                ints = row.unsigned_dot(nibs[u], _codes_at(row, row.off(k, u), 32))
+                ints = narrow_dot(row, items[u], _codes_at(row, row.off(k, u), 32))
                 accs[u] = _scaled(b, ints, splat(b, _lane(b, s4, u), 8), accs[u])
-        return accs, _offset_sums(row, k, s4, corr)
+        return accs, (_offset_sums(row, k, s4, corr) if offset else corr)
+
+    def _q4_0_apply(row, k, unpacked, accs, corr):
+        return _apply4(row, k, unpacked, accs, corr, lambda r, nib, x: r.dot512(nib, x),
+                       lambda r, nib, x: r.unsigned_dot(nib, x), True)
 
     def _q8_0_unpack(row, blk):
         b = row.b
@@ -372,20 +378,10 @@ if AVAILABLE:
         return _dw4(row, blk, 34), out
 
     def _q8_0_apply(row, k, unpacked, accs, corr):
-        b = row.b
-        dw4, ws = unpacked
-        s4 = b.fmul(dw4, _dx4(row, k))
-        accs = list(accs)
-        if WIDE == 16:
-            for p, (aw, negative) in enumerate(ws):
-                x = _codes_at(row, row.off(k, 2 * p), 64)
-                ints = row.dot512(aw, b.select(negative, b.sub(const(0, 64), x), x))  # |w| . sign(w) x
-                accs[p] = _scaled(b, ints, _pair_scales(b, s4, p), accs[p])
-        else:
-            for u in range(4):
-                ints = row.signed_dot(ws[u], _codes_at(row, row.off(k, u), 32))
-                accs[u] = _scaled(b, ints, splat(b, _lane(b, s4, u), 8), accs[u])
-        return accs, corr
+        def wide(r, item, x):  # |w| . sign(w) x
+            aw, negative = item
+            return r.dot512(aw, r.b.select(negative, r.b.sub(const(0, 64), x), x))
+        return _apply4(row, k, unpacked, accs, corr, wide, lambda r, w, x: r.signed_dot(w, x), False)
 
     def _block_loop4(row, block_bytes, unpack, apply, body, corr_sign, tokens):
         """Per token t < ``tokens``: the sum over the row's blocks against activation row r + t. Four blocks per
