@@ -148,3 +148,24 @@ def test_the_narrower_paths_equal_the_spec(mask, vnni):
     run = subprocess.run([sys.executable, "-c", NARROW_CHECK.format(vnni=vnni)], env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+@settings(max_examples=12, deadline=None)
+@given(scheme=st.sampled_from(int8_dot.SCHEMES), rows=st.integers(16, 41), out=st.integers(1, 40),
+       blocks=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_a_prefill_equals_the_spec(scheme, rows, out, blocks, seed):
+    """16 and more rows: on AVX-512 VNNI hosts the repacked 16-row tiles (irows.tile4, int8_dot.matmul_tiles;
+    q8_0, q4_0, q4_k; partial tiles when out % 16, the last rows % 4 singly), elsewhere four rows per weight pass."""
+    from pycohere.kernels import irows
+    rng = np.random.default_rng(seed)
+    W = _weight(rng, scheme, out, blocks * (8 if scheme in ("q8_0", "q4_0") else 1))
+    x = rng.standard_normal((rows, W.shape[1])).astype(np.float32)
+    rounded = round_activations(x, VEC_DOT_TYPE[scheme])
+    bound = 1e-5 * (np.abs(rounded) @ np.abs(W.dequantize()).T) + 1e-30
+    got = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
+    assert np.all(np.abs(got - rounded @ W.dequantize().T) <= bound)
+    kind = int8_dot.SCHEMES.index(scheme)
+    if irows.TILES and kind in int8_dot.TILE_KINDS:  # the path taken was the tiles': the same as rows four at a time
+        codes = int8_dot.quantize_activations(x, VEC_DOT_TYPE[scheme])
+        np.testing.assert_allclose(got, int8_dot.matmul_codes(kind, W.arrays["qweight"], *codes), rtol=0,
+                                   atol=float(bound.max()) * 2)

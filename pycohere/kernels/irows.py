@@ -37,6 +37,7 @@ VNNI = AVAILABLE and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _F
 # q8_0 / q4_0 two blocks per 512-bit vpdpbusd where the CPU has AVX-512 VNNI and byte ops (else 256-bit)
 WIDE = 16 if AVAILABLE and {"avx512vnni", "avx512bw", "avx512f"} <= _FEATURES else 8
 WIDE_CHAINS = 2 if WIDE == 16 else 4  # float accumulator chains of the four-block loop
+TILES = WIDE == 16  # the prefill's repacked tiles (``tile4``) need 512-bit vpdpbusd
 #: weight kinds with an integer row (``kernels.decode``), and the rounding their input needs; ``dot`` / ``dot4``
 #: take a kind as its index here
 KINDS = {"q8_0": "q8_0", "q4_0": "q8_0", "q4_k": "q8_k", "q6_k": "q8_k"}
@@ -78,7 +79,7 @@ def ref_q4_0(q, o, xq, r, xd, xb):
 
 
 @njit(cache=True)
-def _scale_min_k4(q, o, blk, j):
+def scale_min_k4(q, o, blk, j):
     """get_scale_min_k4 (ggml-quants.c): sub-block j's 6-bit (scale, min) from the 12 bytes at blk + 4."""
     s = blk + 4
     if j < 4:
@@ -99,7 +100,7 @@ def ref_q4_k(q, o, xq, r, xd, xb):
         dmin = f16_as_f32(np.uint16(q[o, blk + 2]) | (np.uint16(q[o, blk + 3]) << np.uint16(8)))
         s, m = 0, 0
         for j in range(8):
-            sc, mn = _scale_min_k4(q, o, blk, j)
+            sc, mn = scale_min_k4(q, o, blk, j)
             e = 256 * k + 32 * j
             sj = 0
             for l in range(32):  # sub-block j: the low nibbles of bytes 32 (j // 2).. (j even), else the high
@@ -583,6 +584,70 @@ if AVAILABLE:
     dot4_q4_k = _multi_intrinsic(144, _q4_k_unpack, _q4_k_apply, 4)
     dot4_q6_k = _multi_intrinsic(210, _q6_k_unpack, _q6_k_apply, 4)
 
+    # --- a prefill's tiles: 16 weight rows repacked (``int8_dot.repack_tile``) as u8 codes [block][group of 4
+    # values][row][4], so that one vpdpbusd multiplies 4 values of 16 rows by the same 4 activation codes (a
+    # broadcast): the lanes are rows, not parts of one row's sum, and a block's scale applies to all 16 at
+    # once (repack.cpp's q4_0_8x8 idea, on tiles made per prefill). Per block and row: float scale s and
+    # offset m, y += dx (s * (codes . q) + m * sum q) (q4_0: s = d, m = -8 d; q4_K: s = d sc_j, m = -dmin m_j).
+    def _tile_codegen(context, builder, signature, args):
+        ca, sa, ma, xqa, xda, xba, r, dshift, oa = args
+        ct, st, mt, xqt, xdt, xbt, _, _, ot = signature.args
+        b = builder
+        arr = lambda t, a: context.make_array(t)(context, builder, a)  # noqa: E731
+        codes, scales, offs, xq, xd, xb, out = (arr(t, a) for t, a in zip((ct, st, mt, xqt, xdt, xbt, ot),
+                                                                         (ca, sa, ma, xqa, xda, xba, oa)))
+        i8p, f16v = _I8.as_pointer(), vec(_F32, 16)
+        mod = b.module
+        dpbusd = mod.declare_intrinsic("llvm.x86.avx512.vpdpbusd.512",
+                                       fnty=ir.FunctionType(vec(_I32, 16), [vec(_I32, 16)] * 3))
+        nb = b.extract_value(scales.shape, 0)
+        row = lambda a, i: b.gep(b.bitcast(a.data, i8p), [b.mul(i, b.extract_value(a.strides, 0))])  # noqa
+        toks = [b.add(r, ir.Constant(_I64, t)) for t in range(4)]
+        xqs = [row(xq, t) for t in toks]
+        xds = [b.bitcast(row(xd, t), _F32.as_pointer()) for t in toks]
+        xbs = [b.bitcast(row(xb, t), _I16.as_pointer()) for t in toks]
+        cbase, sbase = b.bitcast(codes.data, i8p), b.bitcast(scales.data, i8p)
+        mbase = b.bitcast(offs.data, i8p)
+        load = lambda p, off, t: b.load(b.bitcast(b.gep(p, [off]), t.as_pointer()), align=1)  # noqa: E731
+
+        def step(k, accs):
+            blk = b.mul(k, ir.Constant(_I64, 512))
+            ws = [b.bitcast(load(cbase, b.add(blk, ir.Constant(_I64, 64 * g)), vec(_I8, 64)), vec(_I32, 16))
+                  for g in range(8)]
+            sc = load(sbase, b.mul(k, ir.Constant(_I64, 64)), f16v)
+            mn = load(mbase, b.mul(k, ir.Constant(_I64, 64)), f16v)
+            e = b.mul(k, ir.Constant(_I64, 32))
+            out_accs = []
+            for t in range(4):
+                ints = ir.Constant(vec(_I32, 16), [0] * 16)
+                for g in range(8):
+                    x4 = load(xqs[t], b.add(e, ir.Constant(_I64, 4 * g)), _I32)
+                    ints = b.call(dpbusd, [ints, ws[g], splat(b, x4, 16)])
+                dx = b.load(b.gep(xds[t], [b.ashr(k, dshift)]))  # Q8_0: block k; Q8_K: block k // 8
+                sq = b.add(b.sext(b.load(b.gep(xbs[t], [b.mul(k, ir.Constant(_I64, 2))])), _I32),
+                           b.sext(b.load(b.gep(xbs[t], [b.add(b.mul(k, ir.Constant(_I64, 2)), ir.Constant(_I64, 1))])),
+                                  _I32))
+                acc = b.fadd(b.fmul(b.sitofp(ints, f16v), b.fmul(sc, splat(b, dx, 16)), flags=["contract"]), accs[t],
+                             flags=["contract"])
+                acc = b.fadd(b.fmul(mn, splat(b, b.fmul(dx, b.sitofp(sq, _F32)), 16), flags=["contract"]), acc,
+                             flags=["contract"])
+                out_accs.append(acc)
+            return out_accs
+
+        zero = ir.Constant(f16v, [0.0] * 16)
+        accs = counted_loop(b, ir.Constant(_I64, 0), nb, [zero] * 4, step)
+        for t in range(4):
+            dst = b.bitcast(row(out, ir.Constant(_I64, t)), f16v.as_pointer())
+            b.store(accs[t], dst, align=4)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def tile4(typingctx, codes, scales, offs, xq, xd, xb, r, dshift, out):
+        """out[t, :16] = rows of the repacked tile (codes (nb, 8, 16, 4) u8, scales / offs (nb, 16) f32) times
+        activation rows r + t, t < 4 (codes xq, scales xd, 16-sums xb); ``dshift``: log2 of the 32-blocks per
+        activation scale (0 for Q8_0, 3 for Q8_K)."""
+        return types.void(codes, scales, offs, xq, xd, xb, r, dshift, out), _tile_codegen
+
     @njit(cache=True, inline="always")
     def dot4(kind, q, o, xq, r, xd, xb):
         """``dot`` with rows r..r+3 of x, the weight row unpacked once: a tuple of four."""
@@ -595,7 +660,7 @@ if AVAILABLE:
         return dot4_q6_k(q, o, xq, r, xd, xb)
 else:
     dot_q8_0, dot_q4_0, dot_q4_k, dot_q6_k = ref_q8_0, ref_q4_0, ref_q4_k, ref_q6_k
-    dot4_q8_0 = dot4_q4_0 = dot4_q4_k = dot4_q6_k = dot4 = None  # (int8_dot runs them only where AVAILABLE)
+    dot4_q8_0 = dot4_q4_0 = dot4_q4_k = dot4_q6_k = dot4 = tile4 = None  # (int8_dot uses them only where AVAILABLE)
 
 
 @njit(cache=True, inline="always")

@@ -227,7 +227,9 @@ def _twins() -> tuple[Twin, ...]:
     if int8_dot.AVAILABLE:  # AVX2 hosts: integer dot products on rounded activations
         twins += [Twin(f"rounded-matmul/{s}", "rounded-matmul", s,
                        _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,
-                       _fast_rounded_matmul, (int8_dot.matmul_codes, irows.dot, irows.dot4), "summation")
+                       _fast_rounded_matmul, (int8_dot.matmul_codes, irows.dot, irows.dot4)
+                       + ((int8_dot.matmul_tiles, int8_dot.repack_tile, irows.tile4) if irows.TILES else ()),
+                       "summation")
                   for s in int8_dot.SCHEMES]
         twins += [Twin("rounded-matmul/iq4_nl", "rounded-matmul", "iq4_nl", _spec_rounded_matmul,
                        _fast_rounded_matmul_iq4, (iquant.gemv_iq4_nl_q8,), "summation"),
