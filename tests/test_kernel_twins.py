@@ -228,7 +228,8 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
     covered = {id(k) for t in TWINS for k in t.kernels}
     orphans = []
-    for name in ("attention", "dense", "hf", "int8_dot", "iquant", "jit", "kquant", "quant", "rounding", "tiles"):
+    for name in ("attention", "dense", "hf", "int8_dot", "iquant", "irows", "jit", "kquant", "quant", "rounding",
+                 "tiles"):
         module = importlib.import_module(f"pycohere.kernels.{name}")
         for attr, value in vars(module).items():
             if (isinstance(value, CPUDispatcher) and value.__module__ == module.__name__

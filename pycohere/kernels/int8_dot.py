@@ -67,72 +67,71 @@ TILE_MIN_ROWS = 16  # fewer activation rows do not repay the repacking (measured
 TILE_KINDS = (0, 1, 2)
 
 
-@njit(cache=True, inline="always")
-def _f16(q, o, at):
-    return f16_as_f32(np.uint16(q[o, at]) | (np.uint16(q[o, at + 1]) << np.uint16(8)))
+if irows.TILES:  # (their IR needs 512-bit vpdpbusd)
+    @njit(cache=True, inline="always")
+    def _f16(q, o, at):
+        return f16_as_f32(np.uint16(q[o, at]) | (np.uint16(q[o, at + 1]) << np.uint16(8)))
 
+    @njit(cache=True)
+    def repack_tile(kind, q, o0, n, codes, scales, offs):
+        """Rows o0..o0+n (n <= 16) of weight q of ``kind`` as a tile for ``irows.tile4``: codes (nb, 8, 16, 4) u8
+        (block of 32, group of 4 values, row, value), and per block and row the scale s and offset m of
+        w = s c + m (the offset then enters through the activation's code sums). q8_0: c = w + 128, s = d,
+        m = -128 d; q4_0: c = n, s = d, m = -8 d; q4_K: c = n, s = d sc_j, m = -dmin m_j. Rows past n are 0."""
+        nb = codes.shape[0]
+        codes[...] = 0
+        scales[...] = 0
+        offs[...] = 0
+        for j in range(n):
+            o = o0 + j
+            for k in range(nb):
+                if kind == 0:
+                    d = _f16(q, o, 34 * k)
+                    for v in range(32):
+                        codes[k, v // 4, j, v % 4] = np.uint8((np.int32(np.int8(q[o, 34 * k + 2 + v])) + 128))
+                    scales[k, j], offs[k, j] = d, np.float32(-128.0) * d
+                elif kind == 1:
+                    d = _f16(q, o, 18 * k)
+                    for v in range(16):
+                        byte = q[o, 18 * k + 2 + v]
+                        codes[k, v // 4, j, v % 4] = byte & np.uint8(15)
+                        codes[k, 4 + v // 4, j, v % 4] = byte >> np.uint8(4)
+                    scales[k, j], offs[k, j] = d, np.float32(-8.0) * d
+                else:
+                    K, sub = k // 8, k % 8
+                    blk = 144 * K
+                    sc, mn = irows.scale_min_k4(q, o, blk, sub)
+                    for v in range(32):
+                        byte = q[o, blk + 16 + 32 * (sub // 2) + v]
+                        codes[k, v // 4, j, v % 4] = (byte >> np.uint8(4)) if sub % 2 else (byte & np.uint8(15))
+                    scales[k, j] = _f16(q, o, blk) * np.float32(sc)
+                    offs[k, j] = -(_f16(q, o, blk + 2) * np.float32(mn))
 
-@njit(cache=True)
-def repack_tile(kind, q, o0, n, codes, scales, offs):
-    """Rows o0..o0+n (n <= 16) of weight q of ``kind`` as a tile for ``irows.tile4``: codes (nb, 8, 16, 4) u8
-    (block of 32, group of 4 values, row, value), and per block and row the scale s and offset m of
-    w = s c + m (the offset then enters through the activation's code sums). q8_0: c = w + 128, s = d,
-    m = -128 d; q4_0: c = n, s = d, m = -8 d; q4_K: c = n, s = d sc_j, m = -dmin m_j. Rows past n are 0."""
-    nb = codes.shape[0]
-    codes[...] = 0
-    scales[...] = 0
-    offs[...] = 0
-    for j in range(n):
-        o = o0 + j
-        for k in range(nb):
-            if kind == 0:
-                d = _f16(q, o, 34 * k)
-                for v in range(32):
-                    codes[k, v // 4, j, v % 4] = np.uint8((np.int32(np.int8(q[o, 34 * k + 2 + v])) + 128))
-                scales[k, j], offs[k, j] = d, np.float32(-128.0) * d
-            elif kind == 1:
-                d = _f16(q, o, 18 * k)
-                for v in range(16):
-                    byte = q[o, 18 * k + 2 + v]
-                    codes[k, v // 4, j, v % 4] = byte & np.uint8(15)
-                    codes[k, 4 + v // 4, j, v % 4] = byte >> np.uint8(4)
-                scales[k, j], offs[k, j] = d, np.float32(-8.0) * d
-            else:
-                K, sub = k // 8, k % 8
-                blk = 144 * K
-                sc, mn = irows.scale_min_k4(q, o, blk, sub)
-                for v in range(32):
-                    byte = q[o, blk + 16 + 32 * (sub // 2) + v]
-                    codes[k, v // 4, j, v % 4] = (byte >> np.uint8(4)) if sub % 2 else (byte & np.uint8(15))
-                scales[k, j] = _f16(q, o, blk) * np.float32(sc)
-                offs[k, j] = -(_f16(q, o, blk + 2) * np.float32(mn))
-
-
-@njit(cache=True, parallel=True)
-def matmul_tiles(kind, q, xq, xd, xb, dshift):
-    """``matmul_codes`` through repacked 16-row tiles: each tile is repacked once and multiplied with every
-    activation row, four at a time (``irows.tile4``); the last R % 4 rows take ``irows.dot``."""
-    R, O = xq.shape[0], q.shape[0]
-    nb = xq.shape[1] // 32
-    y = np.empty((R, O), dtype=np.float32)
-    R4 = R // 4 * 4
-    for ti in prange((O + TILE - 1) // TILE):
-        o0 = ti * TILE
-        n = min(TILE, O - o0)
-        codes = np.empty((nb, 8, TILE, 4), dtype=np.uint8)
-        scales = np.empty((nb, TILE), dtype=np.float32)
-        offs = np.empty((nb, TILE), dtype=np.float32)
-        out = np.empty((4, TILE), dtype=np.float32)
-        repack_tile(kind, q, o0, n, codes, scales, offs)
-        for r in range(0, R4, 4):
-            irows.tile4(codes, scales, offs, xq, xd, xb, r, 3 if kind == 2 else 0, out)
-            for t in range(4):
+    @njit(cache=True, parallel=True)
+    def matmul_tiles(kind, q, xq, xd, xb, dshift):
+        """``matmul_codes`` through repacked 16-row tiles: each tile is repacked once and multiplied with every
+        activation row, four at a time (``irows.tile4``); the last R % 4 rows take ``irows.dot``."""
+        R, O = xq.shape[0], q.shape[0]
+        nb = xq.shape[1] // 32
+        y = np.empty((R, O), dtype=np.float32)
+        R4 = R // 4 * 4
+        for ti in prange((O + TILE - 1) // TILE):
+            o0 = ti * TILE
+            n = min(TILE, O - o0)
+            codes = np.empty((nb, 8, TILE, 4), dtype=np.uint8)
+            scales = np.empty((nb, TILE), dtype=np.float32)
+            offs = np.empty((nb, TILE), dtype=np.float32)
+            out = np.empty((4, TILE), dtype=np.float32)
+            repack_tile(kind, q, o0, n, codes, scales, offs)
+            for r in range(0, R4, 4):
+                irows.tile4(codes, scales, offs, xq, xd, xb, r, 3 if kind == 2 else 0, out)
+                for t in range(4):
+                    for j in range(n):
+                        y[r + t, o0 + j] = out[t, j]
+            for r in range(R4, R):
                 for j in range(n):
-                    y[r + t, o0 + j] = out[t, j]
-        for r in range(R4, R):
-            for j in range(n):
-                y[r, o0 + j] = irows.dot(kind, q, o0 + j, xq, r, xd, xb)
-    return y
+                    y[r, o0 + j] = irows.dot(kind, q, o0 + j, xq, r, xd, xb)
+        return y
 
 
 _BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_k": (256, 144), "q6_k": (256, 210)}  # values, bytes

@@ -238,7 +238,8 @@ def _twins() -> tuple[Twin, ...]:
     # the integer rows' plain loops (their readable form) against the same spec
     twins += [Twin(f"rounded-reference/{s}", "rounded-matmul", s,
                    _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,
-                   _reference_rounded_matmul, (ref,), "summation") for s, ref in irows.REFERENCE.items()]
+                   _reference_rounded_matmul, (ref,) + ((irows.scale_min_k4,) if s == "q4_k" else ()), "summation")
+              for s, ref in irows.REFERENCE.items()]
     missing = {s for s in SCHEMES if not any(t.case == s for t in twins)}
     assert not missing, f"schemes without kernel twins: {missing}"  # (a table edit forgot one)
     return tuple(twins)
