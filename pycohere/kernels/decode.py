@@ -33,7 +33,7 @@ from ..spec.params import Dims
 from ..spec.weights import DenseWeight
 from .jit import F16_TABLE, FAST, njit, prange
 from . import irows
-from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, quantize_rows
+from .rounding import CODES as ROUNDING_CODES, NONE as NO_ROUNDING, code_buffers, quantize_rows
 from .rows import (VECTOR_IR_KINDS, row_bf16, row_f16, row_f32, row_int4, row_int8, row_nf4, row_q4_0, row_q4_1,
                    row_q4_k, row_q6_k, row_q8_0)
 from .iquant import KVALUES, block_iq4_nl, block_iq4_xs  # IQ4_NL / IQ4_XS rows (LLVM IR kernels)
@@ -288,7 +288,7 @@ def decode_layer(x, out, ln_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo,
     (matrices 0, 1, 2, 4, 5 into y1), plan3: of region 3 (3 and 6 into ya), from ``job_plan``. rounds (3,):
     how the inputs of region 1, of Wo and of Wdown are rounded first (``kernels.rounding``; with
     ``activations="llama.cpp"``, else NONE); codes: the (codes, scales, 16-sums) of those three inputs
-    (``code_buffers``), filled when the rounding is Q8_0 / Q8_K, for the integer rows.
+    (``rounding.code_buffers``), filled when the rounding is Q8_0 / Q8_K, for the integer rows.
     """
     B, D = x.shape
     HD, KD = H * Dh, K * Dh
@@ -406,13 +406,6 @@ def decode_buffers(B: int, D: int, H: int, K: int, Dh: int, F: int) -> tuple:
             f(B, HD // 2), f(B, F), f(B, F // 2), f(B, F // 2), f(B, 2 * D))
 
 
-def code_buffers(B: int, widths) -> tuple:
-    """Per matmul input of ``widths`` values: (codes int8 (B, n), block scales float32 (B, n / 32), sums of
-    16 codes int16 (B, n / 16)), the activation codes the integer rows read (``rounding.quantize_rows``)."""
-    return tuple((np.zeros((B, n), np.int8), np.zeros((B, max(1, n // 32)), np.float32),
-                  np.zeros((B, max(1, n // 16)), np.int16)) for n in widths)
-
-
 def scratch_rows(D: int, H: int, Dh: int, F: int) -> int:
     return 80 + 2 * max(D, H * Dh, F)
 
@@ -438,8 +431,8 @@ def row_bytes(arrays: tuple) -> int:
 def decode_head(x, norm_w, eps, kinds, wu16, wf32, wu8, wi8, s1, s2, hi, lo, f16, groups, xsums, logit_scale, h, he,
                 ho, codes, logits, scratch, plan, rounds):
     """The final LayerNorm and the head (matrix 0 of the 1-tuples) times logit_scale: x (B, D) -> logits
-    (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch; codes: h's ``code_buffers``; rounds (1,):
-    the head input's rounding."""
+    (B, V) (written in place). h, he, ho: (B, D), (B, D/2) x2 scratch; codes: h's ``rounding.code_buffers``;
+    rounds (1,): the head input's rounding."""
     B, D = x.shape
     for b in range(B):
         layer_norm_row(x[b], norm_w, eps, h[b])
@@ -635,7 +628,7 @@ class DecodeEngine:
                                 np.empty((B, d.D), np.float32), np.empty((B, d.D), np.float32),
                                 (np.empty((B, d.D), np.float32), np.empty((B, d.D // 2), np.float32),
                                  np.empty((B, d.D // 2), np.float32)),
-                                code_buffers(B, (d.D, d.H * d.Dh, d.F)))
+                                tuple(code_buffers(B, n) for n in (d.D, d.H * d.Dh, d.F)))
         return self._buffers[B]
 
     def logits(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, kv_valid, cache) -> np.ndarray:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import irows
-from .jit import f16_as_f32, njit, prange
-from .rounding import CODES, quantize_rows
+from .jit import f16_in, njit, prange
+from .rounding import CODES, code_buffers, quantize_rows
 
 AVAILABLE = irows.AVAILABLE
 SCHEMES = tuple(irows.KINDS)  # weight schemes with an integer kernel: q8_0, q4_0 (Q8_0 codes), q4_k, q6_k (Q8_K)
@@ -29,9 +29,7 @@ def quantize_activations(x2: np.ndarray, vec_dot_type: str = "q8_0"):
     """(codes int8 (R, n), block scales float32 (R, n / 32; Q8_K: entry k for block k of 256), sums of 16
     codes int16 (R, n / 16)) of x2 (R, n) rounded as ``vec_dot_type`` ("q8_0" or "q8_k")."""
     x = np.array(x2, dtype=np.float32, order="C", copy=True)  # (quantize_rows also rounds it in place)
-    R, n = x.shape
-    xq, xd, xb = np.empty((R, n), np.int8), np.empty((R, max(1, n // 32)), np.float32), np.empty(
-        (R, max(1, n // 16)), np.int16)
+    xq, xd, xb = code_buffers(*x.shape)
     quantize_rows(x, CODES[vec_dot_type], xq, xd, xb)
     return xq, xd, xb
 
@@ -68,10 +66,6 @@ TILE_KINDS = (0, 1, 2)
 
 
 if irows.TILES:  # (their IR needs 512-bit vpdpbusd)
-    @njit(cache=True, inline="always")
-    def _f16(q, o, at):
-        return f16_as_f32(np.uint16(q[o, at]) | (np.uint16(q[o, at + 1]) << np.uint16(8)))
-
     @njit(cache=True)
     def repack_tile(kind, q, o0, n, codes, scales, offs):
         """Rows o0..o0+n (n <= 16) of weight q of ``kind`` as a tile for ``irows.tile4``: codes (nb, 8, 16, 4) u8
@@ -86,12 +80,12 @@ if irows.TILES:  # (their IR needs 512-bit vpdpbusd)
             o = o0 + j
             for k in range(nb):
                 if kind == 0:
-                    d = _f16(q, o, 34 * k)
+                    d = f16_in(q, o, 34 * k)
                     for v in range(32):
                         codes[k, v // 4, j, v % 4] = np.uint8((np.int32(np.int8(q[o, 34 * k + 2 + v])) + 128))
                     scales[k, j], offs[k, j] = d, np.float32(-128.0) * d
                 elif kind == 1:
-                    d = _f16(q, o, 18 * k)
+                    d = f16_in(q, o, 18 * k)
                     for v in range(16):
                         byte = q[o, 18 * k + 2 + v]
                         codes[k, v // 4, j, v % 4] = byte & np.uint8(15)
@@ -104,17 +98,18 @@ if irows.TILES:  # (their IR needs 512-bit vpdpbusd)
                     for v in range(32):
                         byte = q[o, blk + 16 + 32 * (sub // 2) + v]
                         codes[k, v // 4, j, v % 4] = (byte >> np.uint8(4)) if sub % 2 else (byte & np.uint8(15))
-                    scales[k, j] = _f16(q, o, blk) * np.float32(sc)
-                    offs[k, j] = -(_f16(q, o, blk + 2) * np.float32(mn))
+                    scales[k, j] = f16_in(q, o, blk) * np.float32(sc)
+                    offs[k, j] = -(f16_in(q, o, blk + 2) * np.float32(mn))
 
     @njit(cache=True, parallel=True)
-    def matmul_tiles(kind, q, xq, xd, xb, dshift):
+    def matmul_tiles(kind, q, xq, xd, xb):
         """``matmul_codes`` through repacked 16-row tiles: each tile is repacked once and multiplied with every
         activation row, four at a time (``irows.tile4``); the last R % 4 rows take ``irows.dot``."""
         R, O = xq.shape[0], q.shape[0]
         nb = xq.shape[1] // 32
         y = np.empty((R, O), dtype=np.float32)
         R4 = R // 4 * 4
+        dshift = 3 if kind == 2 else 0  # log2 of the 32-value blocks per activation scale (Q8_K: 8)
         for ti in prange((O + TILE - 1) // TILE):
             o0 = ti * TILE
             n = min(TILE, O - o0)
@@ -124,7 +119,7 @@ if irows.TILES:  # (their IR needs 512-bit vpdpbusd)
             out = np.empty((4, TILE), dtype=np.float32)
             repack_tile(kind, q, o0, n, codes, scales, offs)
             for r in range(0, R4, 4):
-                irows.tile4(codes, scales, offs, xq, xd, xb, r, 3 if kind == 2 else 0, out)
+                irows.tile4(codes, scales, offs, xq, xd, xb, r, dshift, out)
                 for t in range(4):
                     for j in range(n):
                         y[r + t, o0 + j] = out[t, j]
@@ -151,5 +146,5 @@ def gemv_rounded(x2: np.ndarray, qweight: np.ndarray, scheme: str) -> np.ndarray
     w.flags.writeable = False  # one Numba signature for mapped and in-memory weights
     kind = SCHEMES.index(scheme)
     if irows.TILES and kind in TILE_KINDS and x2.shape[0] >= TILE_MIN_ROWS:
-        return matmul_tiles(kind, w, xq, xd, xb, 3 if kind == 2 else 0)
+        return matmul_tiles(kind, w, xq, xd, xb)
     return matmul_codes(kind, w, xq, xd, xb)

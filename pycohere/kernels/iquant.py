@@ -5,9 +5,9 @@ fast twins (registered in ``pycohere.kernels.registry``, listed in ``pycohere.ke
 
 * ``dequant_iq4_nl`` / ``dequant_iq4_xs``: rows of blocks -> float32 rows, bit-identical to
   ``dequantize_blocks`` (prefill tiles for BLAS, embedding rows). Plain Numba, every host.
-* ``gemv_iq4_nl`` / ``gemv_iq4_xs`` (exact mode, ``activations="float32"``, up to ``GEMV_MAX_ROWS`` input
+* ``gemv_iq4`` (exact mode, ``activations="float32"``, up to ``GEMV_MAX_ROWS`` input
   rows): twin of ``x @ dequantize().T`` with float32 activations.
-* ``gemv_iq4_nl_q8`` / ``gemv_iq4_xs_q8`` (``activations="llama.cpp"``): the activations rounded as llama.cpp
+* ``gemv_iq4_q8`` (``activations="llama.cpp"``): the activations rounded as llama.cpp
   rounds them for these types (ggml-cpu.c ``type_traits_cpu``: IQ4_NL's ``vec_dot_type`` is Q8_0, IQ4_XS's
   is Q8_K) and integer dot products of the codes, the way ggml-cpu/arch/x86/quants.c
   ``ggml_vec_dot_iq4_nl_q8_0`` / ``ggml_vec_dot_iq4_xs_q8_K`` form them. Twin: ``round_q8_0(x) @ W.T`` /
@@ -300,47 +300,30 @@ if AVAILABLE:
     TILE_ROWS = 64  # output rows per parallel job (a multiple of 4)
 
     @njit(cache=True, parallel=True)
-    def gemv_iq4_nl(q, x):
-        """x (R, in) f32 @ IQ4_NL rows q (out, in/32*18) -> (R, out). Twin: ``x @ IQ4_NL.dequantize().T``."""
+    def gemv_iq4(kind, q, x):
+        """x (R, in) f32 @ the rows q of SCHEMES[kind] (IQ4_NL: (out, in/32*18), IQ4_XS: (out, in/256*136))
+        -> (R, out). Twin: ``x @ W.dequantize().T``."""
         R, O = x.shape[0], q.shape[0]
         y = np.empty((R, O), dtype=np.float32)
         for c in prange((O + TILE_ROWS - 1) // TILE_ROWS):
             o0 = c * TILE_ROWS
-            rows_iq4_nl(y, o0, q, o0, min(TILE_ROWS, O - o0), x)
+            if kind == 0:
+                rows_iq4_nl(y, o0, q, o0, min(TILE_ROWS, O - o0), x)
+            else:
+                rows_iq4_xs(y, o0, q, o0, min(TILE_ROWS, O - o0), x)
         return y
 
     @njit(cache=True, parallel=True)
-    def gemv_iq4_xs(q, x):
-        """x (R, in) f32 @ IQ4_XS rows q (out, in/256*136) -> (R, out). Twin: ``x @ IQ4_XS.dequantize().T``."""
-        R, O = x.shape[0], q.shape[0]
-        y = np.empty((R, O), dtype=np.float32)
-        for c in prange((O + TILE_ROWS - 1) // TILE_ROWS):
-            o0 = c * TILE_ROWS
-            rows_iq4_xs(y, o0, q, o0, min(TILE_ROWS, O - o0), x)
-        return y
-
-    @njit(cache=True, parallel=True)
-    def gemv_iq4_nl_q8(q, xq, xd):
-        """Q8_0-rounded activations (codes xq, scales xd) @ IQ4_NL rows. Twin: ``round_q8_0(x) @ W.T``."""
+    def gemv_iq4_q8(kind, q, xq, xd):
+        """Rounded activations (codes xq, scales xd: Q8_0 for IQ4_NL, Q8_K for IQ4_XS) @ the rows of
+        SCHEMES[kind]. Twin: ``round_q8_0(x) @ W.T`` / ``round_q8_k(x) @ W.T``."""
         R, O = xq.shape[0], q.shape[0]
         y = np.empty((R, O), dtype=np.float32)
         for o in prange(O):
             for r in range(R):
-                y[r, o] = _dot_nl_q8(q, o, xq, xd, r)
+                y[r, o] = _dot_nl_q8(q, o, xq, xd, r) if kind == 0 else _dot_xs_q8(q, o, xq, xd, r)
         return y
 
-    @njit(cache=True, parallel=True)
-    def gemv_iq4_xs_q8(q, xq, xd):
-        """Q8_K-rounded activations (codes xq, scales xd) @ IQ4_XS rows. Twin: ``round_q8_k(x) @ W.T``."""
-        R, O = xq.shape[0], q.shape[0]
-        y = np.empty((R, O), dtype=np.float32)
-        for o in prange(O):
-            for r in range(R):
-                y[r, o] = _dot_xs_q8(q, o, xq, xd, r)
-        return y
-
-    _EXACT = {"iq4_nl": gemv_iq4_nl, "iq4_xs": gemv_iq4_xs}
-    _ROUNDED = {"iq4_nl": gemv_iq4_nl_q8, "iq4_xs": gemv_iq4_xs_q8}
 
 
 # --- the fused decode step's block functions (pycohere.kernels.decode, kinds IQ4_NL / IQ4_XS) ----------------
@@ -412,7 +395,7 @@ def _exact(scheme):
         """x2 (R, in) float32 @ W.T, or None without the IR kernels (the caller then takes dequantized tiles)."""
         if not AVAILABLE:
             return None
-        return _EXACT[scheme](_readonly(a["qweight"]), np.ascontiguousarray(x2, dtype=np.float32))
+        return gemv_iq4(SCHEMES.index(scheme), _readonly(a["qweight"]), np.ascontiguousarray(x2, dtype=np.float32))
     return gemv
 
 
@@ -425,7 +408,7 @@ def gemv_rounded(x2: np.ndarray, qweight: np.ndarray, scheme: str) -> np.ndarray
     xq, xd, _ = quantize_activations(x2, "q8_0" if scheme == "iq4_nl" else "q8_k")
     if scheme == "iq4_xs":  # one scale per block of 256 (the rows read xd's width as the block count)
         xd = np.ascontiguousarray(xd[:, :x2.shape[1] // 256])
-    return _ROUNDED[scheme](_readonly(qweight), xq, xd)
+    return gemv_iq4_q8(SCHEMES.index(scheme), _readonly(qweight), xq, xd)
 
 
 GEMV_KERNELS = {"iq4_nl": _exact("iq4_nl"), "iq4_xs": _exact("iq4_xs")}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import JIT_DISABLED, cpu_features, f16_as_f32, njit
+from .jit import JIT_DISABLED, cpu_features, f16_in, njit
 
 _FEATURES = cpu_features()
 AVAILABLE = not JIT_DISABLED and "avx2" in _FEATURES
@@ -59,7 +59,7 @@ def ref_q8_0(q, o, xq, r, xd, xb):
         s = 0
         for l in range(32):
             s += np.int32(np.int8(q[o, 34 * k + 2 + l])) * np.int32(xq[r, 32 * k + l])
-        dw = f16_as_f32(np.uint16(q[o, 34 * k]) | (np.uint16(q[o, 34 * k + 1]) << np.uint16(8)))
+        dw = f16_in(q, o, 34 * k)
         t += (dw * xd[r, k]) * np.float32(s)
     return t
 
@@ -73,7 +73,7 @@ def ref_q4_0(q, o, xq, r, xd, xb):
         for l in range(16):
             byte = np.int32(q[o, 18 * k + 2 + l])
             s += ((byte & 15) - 8) * np.int32(xq[r, 32 * k + l]) + ((byte >> 4) - 8) * np.int32(xq[r, 32 * k + 16 + l])
-        dw = f16_as_f32(np.uint16(q[o, 18 * k]) | (np.uint16(q[o, 18 * k + 1]) << np.uint16(8)))
+        dw = f16_in(q, o, 18 * k)
         t += (dw * xd[r, k]) * np.float32(s)
     return t
 
@@ -96,8 +96,8 @@ def ref_q4_k(q, o, xq, r, xd, xb):
     t = np.float32(0.0)
     for k in range(q.shape[1] // 144):
         blk = 144 * k
-        d = f16_as_f32(np.uint16(q[o, blk]) | (np.uint16(q[o, blk + 1]) << np.uint16(8)))
-        dmin = f16_as_f32(np.uint16(q[o, blk + 2]) | (np.uint16(q[o, blk + 3]) << np.uint16(8)))
+        d = f16_in(q, o, blk)
+        dmin = f16_in(q, o, blk + 2)
         s, m = 0, 0
         for j in range(8):
             sc, mn = scale_min_k4(q, o, blk, j)
@@ -130,7 +130,7 @@ def ref_q6_k(q, o, xq, r, xd, xb):
                     v = 128 * h + 32 * t4 + l
                     sc = np.int32(np.int8(q[o, blk + 192 + v // 16]))
                     s += sc * (codes[t4] - 32) * np.int32(xq[r, 256 * k + v])
-        d = f16_as_f32(np.uint16(q[o, blk + 208]) | (np.uint16(q[o, blk + 209]) << np.uint16(8)))
+        d = f16_in(q, o, blk + 208)
         t += (d * xd[r, k]) * np.float32(s)
     return t
 

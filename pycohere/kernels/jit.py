@@ -187,3 +187,9 @@ GEMV_MAX_ROWS = 8
 def f16_at(q, o, b, f16):
     """The little-endian f16 at bytes b, b+1 of row o, as float32 (through ``F16_TABLE``)."""
     return f16[np.int32(q[o, b]) | (np.int32(q[o, b + 1]) << np.int32(8))]
+
+
+@njit(cache=True, inline="always")
+def f16_in(q, o, b):
+    """The little-endian f16 at bytes b, b+1 of row o of q (uint8), as float32 (exact, via ``f16_as_f32``)."""
+    return f16_as_f32(np.uint16(q[o, b]) | (np.uint16(q[o, b + 1]) << np.uint16(8)))

@@ -190,8 +190,8 @@ def _twins() -> tuple[Twin, ...]:
     # iq4_nl / iq4_xs: exact-mode GEMVs where the host has AVX2 (else dequantized tiles), dequantizers everywhere
     iq = {"iq4_nl": (iquant.dequant_iq4_nl,), "iq4_xs": (iquant.dequant_iq4_xs,)}
     if iquant.AVAILABLE:
-        iq = {"iq4_nl": (iquant.gemv_iq4_nl, iquant.dequant_iq4_nl),
-              "iq4_xs": (iquant.gemv_iq4_xs, iquant.dequant_iq4_xs)}
+        iq = {"iq4_nl": (iquant.gemv_iq4, iquant.dequant_iq4_nl),
+              "iq4_xs": (iquant.gemv_iq4, iquant.dequant_iq4_xs)}
     for scheme, kernels in {**QUANT_KERNELS, **kq, **iq}.items():
         dequant = kernels[-1]
         twins.append(Twin(f"matmul/{scheme}", "matmul", scheme, _spec_matmul, _fast_matmul, kernels,
@@ -232,9 +232,9 @@ def _twins() -> tuple[Twin, ...]:
                        "summation")
                   for s in int8_dot.SCHEMES]
         twins += [Twin("rounded-matmul/iq4_nl", "rounded-matmul", "iq4_nl", _spec_rounded_matmul,
-                       _fast_rounded_matmul_iq4, (iquant.gemv_iq4_nl_q8,), "summation"),
+                       _fast_rounded_matmul_iq4, (iquant.gemv_iq4_q8,), "summation"),
                   Twin("rounded-matmul/iq4_xs", "rounded-matmul", "iq4_xs", _spec_rounded_matmul_q8_k,
-                       _fast_rounded_matmul_iq4, (iquant.gemv_iq4_xs_q8,), "summation")]
+                       _fast_rounded_matmul_iq4, (iquant.gemv_iq4_q8,), "summation")]
     # the integer rows' plain loops (their readable form) against the same spec
     twins += [Twin(f"rounded-reference/{s}", "rounded-matmul", s,
                    _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,

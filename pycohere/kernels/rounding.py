@@ -82,6 +82,13 @@ def _q8_k_scale(x, r, e):
     return (np.float32(1.0) / iscale if iscale != 0 else np.float32(0.0)), iscale
 
 
+def code_buffers(R: int, n: int) -> tuple:
+    """``quantize_rows``' outputs for R rows of n values: codes int8 (R, n), block scales float32 (R, n / 32),
+    sums of 16 codes int16 (R, n / 16)."""
+    return (np.zeros((R, n), np.int8), np.zeros((R, max(1, n // 32)), np.float32),
+            np.zeros((R, max(1, n // 16)), np.int16))
+
+
 @njit(cache=True)
 def quantize_rows(x, mode, xq, xd, xb):
     """``round_rows(x, mode)``, and for Q8_0 / Q8_K also the codes, for ``kernels.irows``: xq (R, n) int8
