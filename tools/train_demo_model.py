@@ -177,8 +177,10 @@ class Corpus:
     """Token ids for training (KJV chapters + fresh chat samples every epoch) and evaluation."""
 
     def __init__(self, tok, train, heldout, sampler, chat_fraction: float, seq_len: int, seed: int,
-                 ptok=None, tool_sampler=None, tool_every: int = 0, tool_max_len: int = 1536):
+                 ptok=None, tool_sampler=None, tool_every: int = 0, tool_max_len: int = 1536,
+                 copy_fraction: float = 0.0):
         self.tok, self.sampler, self.seq_len, self.seed = tok, sampler, seq_len, seed
+        self.copy_fraction = copy_fraction
         self.ptok, self.tool_sampler = ptok, tool_sampler
         self.tool_every, self.tool_max_len = tool_every, tool_max_len
         encs = tok.encode_batch([c.text for c in train], add_special_tokens=False)
@@ -207,7 +209,20 @@ class Corpus:
         start = int(rng.integers(self.seq_len))  # window boundaries move every epoch
         n = (len(stream) - start - 1) // self.seq_len
         idx = start + np.arange(n)[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
-        return stream[idx][rng.permutation(n)]
+        windows = stream[idx][rng.permutation(n)]
+        if self.copy_fraction:
+            self.repeat_spans(windows, np.random.default_rng([self.seed, epoch, 17]))
+        return windows
+
+    def repeat_spans(self, windows: np.ndarray, rng: np.random.Generator):
+        """In a `copy_fraction` of the windows, overwrite a later stretch with an earlier span of
+        8-48 tokens: the second copy is predictable only by looking back at the first."""
+        width = windows.shape[1]
+        for row in np.flatnonzero(rng.random(len(windows)) < self.copy_fraction):
+            span = int(rng.integers(8, 49))
+            a = int(rng.integers(0, width - 2 * span))
+            b = int(rng.integers(a + span, width - span + 1))
+            windows[row, b:b + span] = windows[row, a:a + span]
 
     def batches(self, batch_size: int, start_step: int = 0):
         """Endless (epoch, batch) stream; `start_step` skips batches to resume a run exactly."""
@@ -264,6 +279,22 @@ def render_tool_case(ptok, case) -> tuple[list[int], list[int]]:
     messages, tools, documents, mode, answer = case
     prompt = build_prompt(ptok, messages, tools, documents, mode)
     return prompt.ids, ptok.encode(answer, add_special_tokens=False) + [EOT_ID]
+
+
+def tool_texts(ptok, sampler, n: int, seed: int) -> list[str]:
+    """Text for the tokenizer's second pass: `n` training cases (alternately tool and grounded) as the
+    server renders them, special tokens dropped, and every training tool name as the answer writes it
+    (``"find_verses"``) and as the spec does (`` find_verses``). Rendered with the first-pass
+    tokenizer; byte-level BPE round-trips any text, so the strings are the templates' exact text."""
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 13, i])
+        case = sampler.tool_case(rng) if i % 2 == 0 else sampler.grounded_case(rng)
+        prompt, answer = render_tool_case(ptok, case)
+        out.append(ptok.decode(prompt + answer, skip_special_tokens=True))
+    names = [f"{v}_{n}" for v, n in sampler.names]
+    out += [f'"{name}" {name}' for name in names for _ in range(3)]
+    return out
 
 
 def answer_loss(model, seqs: list[tuple[list[int], int]]):
@@ -390,7 +421,7 @@ def make_optimizer(model, lr: float, weight_decay: float):
 # Arguments that change the result: a checkpoint only resumes a run that used the same ones.
 RUN_ARGS = ("seed", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
             "chat_fraction", "max_positions", "threads", "tool_every", "tool_batch", "tool_weight",
-            "tool_max_len", "init")
+            "tool_max_len", "init", "tokenizer_tool_samples", "copy_fraction")
 
 
 def load_init(folder: Path, tok, model, log) -> dict:
@@ -903,6 +934,13 @@ def parse_args(argv=None):
                    help="weight of their answer loss beside the language-model loss")
     p.add_argument("--tool-max-len", type=int, default=1536,
                    help="longest tool/document sequence (prompt + answer), in tokens")
+    p.add_argument("--tokenizer-tool-samples", type=int, default=0,
+                   help="also train the BPE on this many rendered tool-use / grounded-answer training "
+                        "cases (prompt and answer) and on the tool names, so the templates' English "
+                        "and the names are short token runs (0: corpus text only)")
+    p.add_argument("--copy-fraction", type=float, default=0.0,
+                   help="fraction of language-model windows in which a span of 8-48 tokens is repeated "
+                        "later in the window (teaches copying from the context early)")
     p.add_argument("--init", type=Path,
                    help="start from the weights of this demo model folder (trained by this script: "
                         "its tokenizer must be the one rebuilt here) instead of random ones")
@@ -956,11 +994,16 @@ def main(argv=None):
                     + demo_corpus.FORTUNE_ASKS + demo_corpus.SPANISH_ASKS
                     + demo_corpus.IDENTITY_ASKS + demo_corpus.IDENTITY_ANSWERS
                     + demo_corpus.OTHER_ASKS + demo_corpus.SYSTEM_PROMPTS)
-    tok = build_tokenizer([c.text for c in train_ch] + fortunes_en + refranes_es + prompt_texts)
+    texts = [c.text for c in train_ch] + fortunes_en + refranes_es + prompt_texts
+    tok = build_tokenizer(texts)
     ptok = pycohere_tokenizer(tok, args.max_positions, Path(f"/tmp/pycohere-demo-tokenizer-{os.getpid()}"))
     tool_sampler = demo_corpus.ToolSampler(train_ch, fortunes_en)
+    if args.tokenizer_tool_samples:
+        tok = build_tokenizer(texts + tool_texts(ptok, tool_sampler, args.tokenizer_tool_samples, args.seed))
+        ptok = pycohere_tokenizer(tok, args.max_positions,
+                                  Path(f"/tmp/pycohere-demo-tokenizer-{os.getpid()}"))
     corpus = Corpus(tok, train_ch, heldout_ch, sampler, args.chat_fraction, args.seq_len, args.seed,
-                    ptok, tool_sampler, args.tool_every, args.tool_max_len)
+                    ptok, tool_sampler, args.tool_every, args.tool_max_len, args.copy_fraction)
     corpus.heldout_tools = demo_corpus.ToolSampler(heldout_ch, fortunes_en, heldout=True, direct_p=0.0)
     log(f"tokenizer: {tok.get_vocab_size()} tokens; KJV train tokens {corpus.kjv_tokens}, "
         f"chat tokens per epoch >= {corpus.chat_target}")
@@ -1005,7 +1048,7 @@ def main(argv=None):
     defaults = parse_args([])
     for name in ("threads", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
                  "chat_fraction", "max_positions", "eval_every", "tool_every", "tool_batch",
-                 "tool_weight", "tool_max_len", "init"):
+                 "tool_weight", "tool_max_len", "init", "tokenizer_tool_samples", "copy_fraction"):
         if getattr(args, name) != getattr(defaults, name):
             command += f" --{name.replace('_', '-')} {getattr(args, name)}"
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
