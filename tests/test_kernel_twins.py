@@ -228,7 +228,7 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
     covered = {id(k) for t in TWINS for k in t.kernels}
     orphans = []
-    for name in ("attention", "dense", "hf", "int8_dot", "iquant", "irows", "jit", "kquant", "quant", "rounding",
+    for name in ("attention", "bf16_dot", "dense", "hf", "int8_dot", "iquant", "irows", "jit", "kquant", "quant", "rounding",
                  "tiles"):
         module = importlib.import_module(f"pycohere.kernels.{name}")
         for attr, value in vars(module).items():

@@ -114,7 +114,7 @@ def fast_weight(w: Weight) -> Weight:
 
 def _kernels(w: Weight):
     """(matmul(x float32) -> y, rows(int ids) -> float32 rows) of a spec weight; None where the spec runs."""
-    from . import dense, int8_dot, iquant, quant
+    from . import bf16_dot, dense, int8_dot, iquant, quant
     if isinstance(w, DenseWeight):
         if w.raw is None:  # materialized: the spec's one BLAS call is the fast path
             return None, None
@@ -126,6 +126,17 @@ def _kernels(w: Weight):
     if isinstance(w, LlamaCppActivations):
         inner = fast_weight(w.weight)
         vdt, qweight = w.vec_dot_type, getattr(w.weight, "arrays", {}).get("qweight")
+
+        raw = getattr(w.weight, "raw", None)
+        if (w.storage == "BF16" and raw is not None and raw.dtype == np.uint16 and raw.strides[1] == 2
+                and bf16_dot.supported(w.shape[1])):
+            # bf16 x bf16 dot products (vdpbf16ps) for a prefill, as llama.cpp's bf16 GEMM; decode rows as before
+            def matmul_bf16(x):
+                x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+                if x2.shape[0] <= dense.DENSE_GEMV_MAX_ROWS["BF16"]:
+                    return inner.matmul(round_activations(x, vdt))
+                return bf16_dot.matmul(x2, raw).reshape(x.shape[:-1] + (w.shape[0],))
+            return matmul_bf16, (lambda ids: inner.rows(ids, np.float32))
 
         # integer dot products on the rounded blocks, where the host has them (q8_0, q4_0, q4_k, q6_k:
         # kernels.int8_dot; iq4_nl / iq4_xs: kernels.iquant)

@@ -66,38 +66,49 @@ TILE_KINDS = (0, 1, 2)
 
 
 if irows.TILES:  # (their IR needs 512-bit vpdpbusd)
+    @njit(cache=True, inline="always")
+    def _word(q, o, i):
+        """The 4 bytes q[o, i:i + 4] as one little-endian uint32 (LLVM folds it into one unaligned load)."""
+        return (np.uint32(q[o, i]) | (np.uint32(q[o, i + 1]) << np.uint32(8))
+                | (np.uint32(q[o, i + 2]) << np.uint32(16)) | (np.uint32(q[o, i + 3]) << np.uint32(24)))
+
     @njit(cache=True)
     def repack_tile(kind, q, o0, n, codes, scales, offs):
         """Rows o0..o0+n (n <= 16) of weight q of ``kind`` as a tile for ``irows.tile4``: codes (nb, 8, 16, 4) u8
         (block of 32, group of 4 values, row, value), and per block and row the scale s and offset m of
         w = s c + m (the offset then enters through the activation's code sums). q8_0: c = w + 128, s = d,
-        m = -128 d; q4_0: c = n, s = d, m = -8 d; q4_K: c = n, s = d sc_j, m = -dmin m_j. Rows past n are 0."""
+        m = -128 d; q4_0: c = n, s = d, m = -8 d; q4_K: c = n, s = d sc_j, m = -dmin m_j. Rows past n are 0.
+        A group of 4 codes is moved as one uint32 word (nibbles masked four at a time, q8_0's + 128 as the
+        sign bits flipped): 4-6x faster than value by value, which cost a quarter of a 128-token prefill."""
         nb = codes.shape[0]
-        codes[...] = 0
-        scales[...] = 0
-        offs[...] = 0
+        words = codes.reshape(nb * 8 * TILE * 4).view(np.uint32).reshape(nb, 8, TILE)  # (nb, group, row)
+        if n < TILE:
+            words[...] = 0
+            scales[...] = 0
+            offs[...] = 0
+        low, flip = np.uint32(0x0F0F0F0F), np.uint32(0x80808080)
         for j in range(n):
             o = o0 + j
             for k in range(nb):
                 if kind == 0:
                     d = f16_in(q, o, 34 * k)
-                    for v in range(32):
-                        codes[k, v // 4, j, v % 4] = np.uint8((np.int32(np.int8(q[o, 34 * k + 2 + v])) + 128))
+                    for g in range(8):
+                        words[k, g, j] = _word(q, o, 34 * k + 2 + 4 * g) ^ flip
                     scales[k, j], offs[k, j] = d, np.float32(-128.0) * d
                 elif kind == 1:
                     d = f16_in(q, o, 18 * k)
-                    for v in range(16):
-                        byte = q[o, 18 * k + 2 + v]
-                        codes[k, v // 4, j, v % 4] = byte & np.uint8(15)
-                        codes[k, 4 + v // 4, j, v % 4] = byte >> np.uint8(4)
+                    for g in range(4):  # byte l holds element l (low nibble) and l + 16 (high)
+                        v = _word(q, o, 18 * k + 2 + 4 * g)
+                        words[k, g, j] = v & low
+                        words[k, 4 + g, j] = (v >> np.uint32(4)) & low
                     scales[k, j], offs[k, j] = d, np.float32(-8.0) * d
                 else:
                     K, sub = k // 8, k % 8
                     blk = 144 * K
                     sc, mn = irows.scale_min_k4(q, o, blk, sub)
-                    for v in range(32):
-                        byte = q[o, blk + 16 + 32 * (sub // 2) + v]
-                        codes[k, v // 4, j, v % 4] = (byte >> np.uint8(4)) if sub % 2 else (byte & np.uint8(15))
+                    shift = np.uint32(4 * (sub % 2))  # sub-block 2i: low nibbles of 32 bytes, 2i + 1: high
+                    for g in range(8):
+                        words[k, g, j] = (_word(q, o, blk + 16 + 32 * (sub // 2) + 4 * g) >> shift) & low
                     scales[k, j] = f16_in(q, o, blk) * np.float32(sc)
                     offs[k, j] = -(f16_in(q, o, blk + 2) * np.float32(mn))
 

@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..quant.activations import VEC_DOT_TYPE, round_activations, round_q8_0, round_q8_k
+from ..quant.activations import VEC_DOT_TYPE, LlamaCppActivations, round_activations, round_q8_0, round_q8_k
 from ..quant.schemes import SCHEMES, unpack_nibbles, pack_nibbles
 from ..spec import layers as L
 from ..spec.params import ForwardState
-from . import attention, decode, dense, hf, int8_dot, iquant, irows, quant, rounding, tiles
+from . import attention, bf16_dot, decode, dense, hf, int8_dot, iquant, irows, quant, rounding, tiles
 from .dispatch import fast_weight
 
 
@@ -116,6 +116,14 @@ def _reference_rounded_matmul(w, x):
     q = np.ascontiguousarray(w.arrays["qweight"])
     return np.array([[irows.REFERENCE[s](q, o, xq, r, xd, xb) for o in range(q.shape[0])] for r in range(x.shape[0])],
                     np.float32)
+
+
+def _spec_rounded_matmul_bf16(w, x):
+    return round_activations(x, "bf16") @ w.dequantize(np.float32).T
+
+
+def _fast_rounded_matmul_bf16(w, x):
+    return fast_weight(LlamaCppActivations(w)).matmul(x)
 
 
 def _spec_round_q8_k(x):
@@ -235,6 +243,9 @@ def _twins() -> tuple[Twin, ...]:
                        _fast_rounded_matmul_iq4, (iquant.gemv_iq4_q8,), "summation"),
                   Twin("rounded-matmul/iq4_xs", "rounded-matmul", "iq4_xs", _spec_rounded_matmul_q8_k,
                        _fast_rounded_matmul_iq4, (iquant.gemv_iq4_q8,), "summation")]
+    if bf16_dot.AVAILABLE:  # AVX512-BF16 hosts: bf16 weights times bf16-rounded activations (vdpbf16ps)
+        twins.append(Twin("rounded-matmul/BF16", "rounded-matmul", "BF16", _spec_rounded_matmul_bf16,
+                          _fast_rounded_matmul_bf16, (bf16_dot.bf16_bits, bf16_dot.gemm), "summation"))
     # the integer rows' plain loops (their readable form) against the same spec
     twins += [Twin(f"rounded-reference/{s}", "rounded-matmul", s,
                    _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,
