@@ -208,3 +208,17 @@ def test_a_checkpoints_own_tool_template_gets_openais_messages():
     answer = read_answer("<|START_RESPONSE|>It is <co>sunny</co: 0:[0]>.<|END_RESPONSE|>", prompt, tok.all_special_tokens)
     assert answer.content == "It is sunny." and answer.citations == [
         {"start": 6, "end": 11, "text": "sunny", "document_ids": ["doc_0"]}]
+    # documents without tools: R7B's template still loops over the tools (an empty list, not None), and it
+    # puts the documents after the first user turn, so a follow-up's prompt starts with the first one's
+    tok.chat_template = {"default": builtin_templates()["default"], "rag": r7b}
+    docs = [{"title": "Census", "text": "All went to be taxed."}]
+    first = parse_messages([{"role": "user", "content": "Who was taxed?"}])
+    prompt = build_prompt(tok, first, None, docs)
+    assert prompt.kind == "grounded" and "All went to be taxed." in tok.decode(prompt.ids)
+    assert prompt.ids == tok.apply_chat_template(first, chat_template="rag", tools=[], documents=docs,
+                                                 add_generation_prompt=True, enable_citations=True)
+    follow = parse_messages([{"role": "user", "content": "Who was taxed?"}, {"role": "assistant", "content": "All."},
+                             {"role": "user", "content": "Where?"}])
+    second = build_prompt(tok, follow, None, docs).ids
+    n = next(i for i, (a, b) in enumerate(zip(prompt.ids, second)) if a != b)
+    assert "All went to be taxed." in tok.decode(prompt.ids[:n]) and n > 0.9 * len(prompt.ids)

@@ -2,9 +2,11 @@
 
 1. Time to first token of a second turn on a ~1k-token prompt, with and without prompt-cache reuse
    (the server streams /v1/completions over the rendered prompt ids; first token = first text chunk),
-   for two layouts: Command-R's rag template, which puts the documents *after* the conversation (so a
-   new turn changes the text before them and only the conversation's start is shared), and a chat whose
-   first user turn carries the ~1k-token text (shared whole by the follow-up).
+   for three layouts: Command-R's rag template, which puts the documents *after* the conversation (so a
+   new turn changes the text before them and only the conversation's start is shared); the same request
+   on a copy of the model whose chat template is Command R7B's (from llama.cpp's test data,
+   tools/fetch_llama_cpp_data.py), which injects the documents after the *first* user turn, where a
+   follow-up shares them; and a chat whose first user turn carries the ~1k-token text (shared whole).
 2. Throughput with 4 and 16 concurrent clients (completion tokens / wall time, non-streaming chat).
 
     PYTHONPATH=. nice -n 10 python tools/bench_serve.py [--model PATH] [--repeats 3]
@@ -16,11 +18,15 @@ import http.client
 import json
 import os
 import statistics
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
-from pycohere.serve import Server, load_engine
-from pycohere.serve.prompts import build_prompt
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fetch_llama_cpp_data, beside this file
+from pycohere.serve import Server, load_engine  # noqa: E402
+from pycohere.serve.prompts import build_prompt  # noqa: E402
 
 DOC = ("And it came to pass in those days, that there went out a decree from Caesar Augustus, that all the world "
        "should be taxed. And all went to be taxed, every one into his own city. ")
@@ -55,18 +61,39 @@ def long_turns(tok, layout, answer, target_tokens=1000):
     """(turn 1 messages, documents, turn 2 messages) of about target_tokens."""
     docs, text, n = [], "", 0
     while n < target_tokens:
-        if layout == "rag":
+        if layout.startswith("rag"):
             docs.append({"title": f"Record {len(docs)}", "text": DOC * 2})
         else:
             text += DOC * 2
-        turn1 = [{"role": "user", "content": "Who was taxed?" if layout == "rag" else text + "\nWho was taxed?"}]
+        ask = "Who was taxed?" if layout.startswith("rag") else text + "\nWho was taxed?"
+        turn1 = [{"role": "user", "content": ask}]
         n = len(build_prompt(tok, turn1, None, docs or None).ids)
     turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And where did they go?"}]
     return turn1, docs or None, turn2
 
 
+def with_r7b_template(model, folder: Path) -> str:
+    """A copy of ``model`` (the bundled demo model by default; weights linked, not copied) whose tokenizer
+    has Command R7B's chat template for default, tool_use and rag: R7B's own template renders all three."""
+    from fetch_llama_cpp_data import fetch
+
+    from pycohere.demo import DEMO_MODEL
+    src = Path(model or DEMO_MODEL)  # (a local checkpoint folder)
+    template = (fetch() / "templates" / "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja").read_text()
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not (folder / f.name).exists():
+            (folder / f.name).symlink_to(f.resolve())
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": n, "template": template} for n in ("default", "tool_use", "rag")]
+    (folder / "tokenizer_config.json").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return str(folder)
+
+
 def ttft(args, cache_size, layout):
-    engine = load_engine(args.model, prompt_cache_size=cache_size)
+    model = args.r7b_model if layout == "rag-r7b" else args.model
+    engine = load_engine(model, prompt_cache_size=cache_size)
     srv = Server(engine, port=0, log_level="warning").start()
     tok = engine.tokenizer
     try:
@@ -115,7 +142,9 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} (2 shared cores: alternate and repeat runs)")
-    for layout in ("rag", "chat"):
+    tmp = tempfile.TemporaryDirectory()
+    args.r7b_model = with_r7b_template(args.model, Path(tmp.name) / "r7b-template")
+    for layout in ("rag", "rag-r7b", "chat"):
         n1, n2, shared, cold = ttft(args, 0, layout)
         *_, warm = ttft(args, 4, layout)
         print(f"{layout} second turn: prompt {n2} tokens ({shared} shared with turn 1's {n1}-token prompt)")

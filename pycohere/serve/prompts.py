@@ -121,8 +121,8 @@ def build_prompt(tokenizer, messages: list[dict], tools: list[dict] | None, docu
     else:
         # the checkpoint's own template: OpenAI's messages, tools and documents as they are
         kwargs = {"documents": docs} if docs else {}
-        if tools:
-            kwargs["tools"] = tools
+        if tools or docs:
+            kwargs["tools"] = tools or []  # R7B's template loops over the tools also for documents alone
         if docs or ends_with_results:
             kwargs["enable_citations"] = True  # the switch the R7B / Command A templates read
         ids = tokenizer.apply_chat_template(messages, chat_template=name, add_generation_prompt=True, tokenize=True,
