@@ -2,6 +2,7 @@
 8k-token prompt must fit in 24 GiB). Peak is VmHWM of this process (not inherited from a parent).
 
     python tools/long_prompt.py [--ckpt /tmp/pycohere-bench-ckpt] [--tokens 8192] [--backend numba]
+                                [--activations llama.cpp]
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--new-tokens", type=int, default=4)
+    ap.add_argument("--activations", default="float32", choices=("float32", "llama.cpp"),
+                    help="exact (the default) or llama.cpp's rounded activations")
     a = ap.parse_args(argv)
     import numpy as np
     import pycohere
-    model = pycohere.AutoModelForCausalLM.from_pretrained(a.ckpt, backend=a.backend)
+    model = pycohere.AutoModelForCausalLM.from_pretrained(a.ckpt, backend=a.backend, activations=a.activations)
     ids = np.random.default_rng(0).integers(10, model.config.vocab_size, size=(1, a.tokens))
     t0 = time.perf_counter()
     out = model.generate(ids, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens)
@@ -35,7 +38,8 @@ def main(argv=None):
     ckpt = (Path(a.ckpt) / "model.safetensors").stat().st_size
     print(json.dumps({"tokens": a.tokens, "new_tokens": int(out.shape[1] - a.tokens), "seconds": round(dt, 1),
                       "prefill_tokens_per_s": round(a.tokens / dt, 1), "peak_rss_bytes": vm("VmHWM"),
-                      "peak_rss_over_checkpoint": round(vm("VmHWM") / ckpt, 3), "backend": a.backend}))
+                      "peak_rss_over_checkpoint": round(vm("VmHWM") / ckpt, 3), "backend": a.backend,
+                      "activations": a.activations}))
 
 
 if __name__ == "__main__":
