@@ -249,6 +249,17 @@ class Corpus:
             out.append((ids[:self.tool_max_len], len(prompt)))
         return out
 
+    def drill_batch(self, step: int, size: int) -> list[tuple[list[int], int]]:
+        """`size` tool drills (``tool_drill``) as (ids, prompt length), drawn from the step number alone."""
+        rng = np.random.default_rng([self.seed, 19, step])
+        out = []
+        for _ in range(size):
+            case = self.tool_sampler.tool_case(rng)
+            text, answer = tool_drill(self.ptok, case)
+            prompt = [BOS_ID] + self.ptok.encode(text, add_special_tokens=False)
+            out.append((prompt + answer, len(prompt)))
+        return out
+
     def eval_windows(self) -> list[list[int]]:
         """Held-out windows: per chapter, [BOS] + 256 text tokens at a time (no carried context);
         every text token is predicted exactly once."""
@@ -279,6 +290,20 @@ def render_tool_case(ptok, case) -> tuple[list[int], list[int]]:
     messages, tools, documents, mode, answer = case
     prompt = build_prompt(ptok, messages, tools, documents, mode)
     return prompt.ids, ptok.encode(answer, add_special_tokens=False) + [EOT_ID]
+
+
+def tool_drill(ptok, case) -> tuple[str, list[int]]:
+    """(prompt text, answer ids) of a tool case as the server renders it, cut to its tool definitions and
+    user turn: the same tokens the answer copies from, a few lines up instead of ~300 tokens (the
+    templates' preamble and instructions left out). The name's first token follows ``def `` in the spec
+    (``Ġsearch``) and a quote in the answer (``search``): the drills teach that pairing where it is short."""
+    prompt, answer = render_tool_case(ptok, case)
+    text = ptok.decode(prompt, skip_special_tokens=False)
+    start = text.index("```python\n")
+    defs = text[start:text.index("<|END_OF_TURN_TOKEN|>", start)]
+    user = text.rindex("<|START_OF_TURN_TOKEN|><|USER_TOKEN|>")
+    user_turn = text[user:text.index("<|END_OF_TURN_TOKEN|>", user) + len("<|END_OF_TURN_TOKEN|>")]
+    return defs + "\n" + user_turn + "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", answer
 
 
 def tool_texts(ptok, sampler, n: int, seed: int) -> list[str]:
@@ -421,7 +446,7 @@ def make_optimizer(model, lr: float, weight_decay: float):
 # Arguments that change the result: a checkpoint only resumes a run that used the same ones.
 RUN_ARGS = ("seed", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
             "chat_fraction", "max_positions", "threads", "tool_every", "tool_batch", "tool_weight",
-            "tool_max_len", "init", "tokenizer_tool_samples", "copy_fraction")
+            "tool_max_len", "init", "tokenizer_tool_samples", "copy_fraction", "tool_drills")
 
 
 def load_init(folder: Path, tok, model, log) -> dict:
@@ -507,6 +532,10 @@ def train(args, model, corpus: Corpus, log) -> dict:
             st["tool_sequences"] = st.get("tool_sequences", 0) + len(seqs)
             st["tool_tokens"] = st.get("tool_tokens", 0) + sum(len(ids) for ids, _ in seqs)
             st["tool_answer_tokens"] = st.get("tool_answer_tokens", 0) + sum(len(i) - p for i, p in seqs)
+            if args.tool_drills:
+                drill = answer_loss(model, corpus.drill_batch(st["step"], args.tool_drills))
+                st["drill_loss"] = drill.item()
+                tool = tool + drill
             loss = loss + args.tool_weight * tool
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -527,7 +556,8 @@ def train(args, model, corpus: Corpus, log) -> dict:
         st["train_seconds"] = time.time() - t0
         if step % args.log_every == 0 or step == total:
             log(f"step {step}/{total} epoch {st['epoch']} loss {st['loss']:.4f} "
-                f"tool loss {st.get('tool_loss', float('nan')):.4f} lr {lr:.2e} "
+                f"tool loss {st.get('tool_loss', float('nan')):.4f} "
+                f"drill loss {st.get('drill_loss', float('nan')):.4f} lr {lr:.2e} "
                 f"tokens {st['tokens_seen']} elapsed {st['train_seconds']:.0f}s "
                 f"tok/s {st['tokens_seen'] / st['train_seconds']:.0f}")
         if step % args.eval_every == 0 or step == total:
@@ -941,6 +971,10 @@ def parse_args(argv=None):
     p.add_argument("--copy-fraction", type=float, default=0.0,
                    help="fraction of language-model windows in which a span of 8-48 tokens is repeated "
                         "later in the window (teaches copying from the context early)")
+    p.add_argument("--tool-drills", type=int, default=0,
+                   help="also, with every tool batch, this many short tool drills (answer loss): a tool case's "
+                        "definitions, user turn and answer without the template's preamble and instructions, "
+                        "so that the answer copies a name from a few lines up")
     p.add_argument("--init", type=Path,
                    help="start from the weights of this demo model folder (trained by this script: "
                         "its tokenizer must be the one rebuilt here) instead of random ones")
@@ -1048,7 +1082,7 @@ def main(argv=None):
     defaults = parse_args([])
     for name in ("threads", "batch_size", "seq_len", "lr", "warmup", "weight_decay", "clip",
                  "chat_fraction", "max_positions", "eval_every", "tool_every", "tool_batch",
-                 "tool_weight", "tool_max_len", "init", "tokenizer_tool_samples", "copy_fraction"):
+                 "tool_weight", "tool_max_len", "init", "tokenizer_tool_samples", "copy_fraction", "tool_drills"):
         if getattr(args, name) != getattr(defaults, name):
             command += f" --{name.replace('_', '-')} {getattr(args, name)}"
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
