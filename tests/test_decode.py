@@ -74,7 +74,11 @@ def test_the_step_rounds_activations_as_llama_cpp_when_asked():
         return model, model.generate(ids, **kw)
     fast_model, fast = run("numba", "llama.cpp")
     assert fast_model.model._decoder is not None
-    assert "rounded as llama.cpp (q8_0)" in "\n".join(fast_model.kernel_report())
+    report = "\n".join(fast_model.kernel_report())
+    assert "rounded as llama.cpp (q8_0)" in report
+    from pycohere.kernels import int8_dot, irows
+    prefill = "integer GEMM on repacked 16-row tiles" if irows.TILES else "integer rows, four activation rows"
+    assert f"prefill matmuls: q8_0: {prefill}" in report if int8_dot.AVAILABLE else "rounded activations" in report
     _, rounded = run("numpy", "llama.cpp")
     _, exact = run("numpy", "float32")
     ratios = []
@@ -84,3 +88,15 @@ def test_the_step_rounds_activations_as_llama_cpp_when_asked():
         ratios += list(np.abs(fast.logits[step] - rounded.logits[step]).max(axis=-1) / mode_gap)
     ratios = np.array(ratios)
     assert ratios.max() <= 0.25 and np.mean(ratios <= 1e-3) >= 0.75, ratios
+
+def test_the_kernel_report_names_the_prefill_kernels():
+    """bf16 weights: the float GEMM in exact mode; under activations="llama.cpp" the bf16 dot products where
+    the CPU has AVX512-BF16 (kernels.bf16_dot), else the float kernels on the rounded activations."""
+    from pycohere.kernels import bf16_dot
+    exact = pycohere.AutoModelForCausalLM.from_pretrained(pycohere.DEMO_MODEL, backend="numba")
+    assert "prefill matmuls: BF16: register-tiled GEMM, read in place" in "\n".join(exact.kernel_report())
+    fast = pycohere.AutoModelForCausalLM.from_pretrained(pycohere.DEMO_MODEL, backend="numba", activations="llama.cpp")
+    want = "bf16 dot products (vdpbf16ps" if bf16_dot.AVAILABLE else "float kernels on the rounded activations"
+    assert f"prefill matmuls: BF16: {want}" in "\n".join(fast.kernel_report())
+    spec = pycohere.AutoModelForCausalLM.from_pretrained(pycohere.DEMO_MODEL, backend="numpy")
+    assert "prefill matmuls" not in "\n".join(spec.kernel_report())

@@ -68,6 +68,34 @@ def attention_kernel(backend: str, dtype):
     return fused_attention
 
 
+def prefill_path(w: Weight) -> str:
+    """Which kernel a matmul of many input rows (a prefill) runs for weight ``w`` on this host (the same
+    choices as ``_kernels``), for ``model.kernel_report()``."""
+    from . import bf16_dot, int8_dot, iquant, irows
+    w = getattr(w, "spec", w)
+    if isinstance(w, PermutedWeight):
+        return prefill_path(w.inner)
+    if isinstance(w, LlamaCppActivations):
+        raw = getattr(w.weight, "raw", None)
+        if w.storage == "BF16" and raw is not None and bf16_dot.supported(w.shape[1]):
+            return "bf16 dot products (vdpbf16ps, kernels.bf16_dot)"
+        if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE:
+            tiled = irows.TILES and int8_dot.SCHEMES.index(w.storage) in int8_dot.TILE_KINDS
+            return ("integer GEMM on repacked 16-row tiles (vpdpbusd, kernels.int8_dot)" if tiled
+                    else f"integer rows, four activation rows per weight pass ({irows.isa()})")
+        if w.storage in iquant.SCHEMES and iquant.AVAILABLE:
+            return "integer rows on Q8 codes (kernels.iquant)"
+        return "float kernels on the rounded activations"
+    if isinstance(w, DenseWeight):
+        if w.raw is None:
+            return "BLAS on the materialized weight"
+        return ("register-tiled GEMM, read in place (kernels.tiles.gemm)" if w.storage in ("BF16", "F32")
+                else "f16 tiles widened in registers, then kernels.tiles.gemm")
+    if isinstance(w, QuantizedWeight):
+        return "dequantized tiles, then kernels.tiles.gemm"
+    return "the spec"
+
+
 class FastWeight:
     """Mixed into a spec weight's own class by :func:`fast_weight`: ``matmul(x)`` / ``rows(ids)`` run the
     kernels bound at load for float32 and fall back to the spec class's methods otherwise, so a fast

@@ -342,6 +342,14 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
         """Which code runs this model's matmuls and decode steps (``pycohere inspect``, tools/bench.py)."""
         m = self.model
         lines = [f"backend {m.backend}, compute dtype {m.dtype}"]
+        if m._fast:
+            from ..kernels.dispatch import prefill_path
+            paths: dict[str, set] = {}  # kernel -> the storages that run it
+            for layer in self.params.layers:
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+                    w = getattr(layer, name)
+                    paths.setdefault(prefill_path(w), set()).add(str(getattr(w, "storage", "?")))
+            lines.append("prefill matmuls: " + "; ".join(f"{', '.join(sorted(k))}: {p}" for p, k in paths.items()))
         if m._decoder is not None:
             return lines + m._decoder.describe()
         why = ("the backend is numpy" if m.backend != "numba" else "float64 runs the spec" if not m._fast
