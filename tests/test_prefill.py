@@ -376,3 +376,35 @@ def test_single_threaded_blas_restores_the_count_even_nested_and_on_error():
             assert blas.blas_threads() == 1                              # the inner block did not restore
             raise RuntimeError("inside")
     assert blas.blas_threads() == before
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 40), out_dim=st.integers(1, 50), blocks=st.integers(1, 4),
+       row_block=st.integers(1, 12))
+def test_bf16_dot_products_equal_the_rounded_spec(seed, M, out_dim, blocks, row_block):
+    """activations="llama.cpp" on bf16 weights: x rounded to bf16 times the widened weight (the spec) against
+    kernels.bf16_dot (vdpbf16ps 4 x 4 tiles, every M % 4 and out % 4 remainder, x row blocks of any size),
+    within float32 summation error; on a CPU without AVX512-BF16 the dispatch keeps the spec's path."""
+    from pycohere.kernels import bf16_dot
+    from pycohere.kernels.dispatch import fast_weight
+    from pycohere.quant.activations import LlamaCppActivations, round_activations
+    from pycohere.spec.weights import DenseWeight
+    rng = np.random.default_rng(seed)
+    K = 32 * blocks
+    raw = bf16_bits(rng.standard_normal((out_dim, K)).astype(np.float32))
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    xr = round_activations(x, "bf16")
+    want = xr @ widen(raw, "BF16").T
+    bound = 4 * (K + 8) * np.finfo(np.float32).eps * (np.abs(xr) @ np.abs(widen(raw, "BF16")).T) + 1e-30
+    got = fast_weight(LlamaCppActivations(DenseWeight(raw, "BF16"))).matmul(x)
+    assert (np.abs(got - want) <= bound).all()
+    if not bf16_dot.AVAILABLE:
+        assert not bf16_dot.supported(K)
+        return
+    xb = np.empty(x.shape, np.uint16)
+    bf16_dot.bf16_bits(x, xb)
+    np.testing.assert_array_equal(xb, bf16_bits(x))
+    out = np.full((M, out_dim + 3), np.nan, np.float32)
+    bf16_dot.gemm(xb, raw, np.int64(row_block), out, np.int64(2))   # into columns 2 .. 2 + out_dim
+    assert (np.abs(out[:, 2:2 + out_dim] - want) <= bound).all()
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, 2 + out_dim:]).all()
