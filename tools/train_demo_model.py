@@ -469,10 +469,19 @@ def load_init(folder: Path, tok, model, log) -> dict:
                                       f"--out {folder}")
     log(f"initialised from {weights} (sha256 {digest[:12]}..., held-out perplexity "
         f"{base['results']['heldout_ppl_bf16']:.3f})")
-    return {"folder": str(folder), "sha256": digest, "command": command,
+    return init_record(folder, base, digest, command)
+
+
+def init_record(folder: Path, base: dict, digest: str, command: str) -> dict:
+    """What a run started from: the folder's model (its sha256, the command that made it, its results)
+    and, as ``stages``, every run of the chain that led to it, first (from scratch) to last."""
+    this = {"folder": str(folder), "sha256": digest, "command": command,
             "heldout_ppl_bf16": base["results"]["heldout_ppl_bf16"],
             "steps": base["results"]["steps"], "tokens_seen": base["results"]["tokens_seen"],
             "train_seconds": base["results"]["train_seconds"]}
+    prior = base.get("init")
+    earlier = (prior.get("stages") or [{k: v for k, v in prior.items() if k != "stages"}]) if prior else []
+    return {**this, "stages": earlier + [this]}
 
 
 def save_checkpoint(path: Path, model, opt, state: dict, args):
@@ -747,13 +756,15 @@ def write_provenance(out: Path, info: dict):
         "apt-get install -y " + " ".join(info["corpus"]["debian_packages"]),
     ]
     ini = info.get("init")
-    if ini:
+    stages = (ini.get("stages") or [ini]) if ini else []
+    for n, stage in enumerate(stages, 1):
         lines += [
-            f"# 1. the starting point, {ini['folder']}: the previous demo model (from scratch, no tool",
-            f"#    samples; model.safetensors sha256 {ini['sha256']}), made by",
-            ini["command"],
-            "# 2. this model: fine-tuned from it",
+            f"# {n}. {stage['folder']} ({'from scratch' if n == 1 else 'continued from ' + stages[n - 2]['folder']}; "
+            f"model.safetensors sha256 {stage['sha256']}):",
+            stage["command"],
         ]
+    if stages:
+        lines.append(f"# {len(stages) + 1}. this model, continued from {stages[-1]['folder']}:")
     lines += [
         info["command"],
         "```",
@@ -770,11 +781,11 @@ def write_provenance(out: Path, info: dict):
     if ini:
         lines += [
             "",
-            f"Fine-tuned, not trained from scratch: the starting point took {ini['steps']} steps "
-            f"({ini['tokens_seen']:,} tokens, {ini['train_seconds'] / 60:.1f} min; held-out "
-            f"perplexity {ini['heldout_ppl_bf16']:.2f}). The fine-tuning keeps the language-model "
-            "batches (same corpus and chat samples) beside the tool batches, at a lower learning "
-            "rate, so the King James text is not forgotten.",
+            "Trained in stages, each continuing from the weights of the one before: "
+            + "; ".join(f"{s['steps']} steps ({s['tokens_seen']:,} tokens, {s['train_seconds'] / 60:.1f} min, "
+                        f"held-out perplexity {s['heldout_ppl_bf16']:.2f} after it)" for s in stages)
+            + f"; then this run's {r['steps']}. Every stage keeps the language-model batches (same corpus "
+            "and chat samples) beside its tool batches, so the King James text is not forgotten.",
         ]
     lines += [
         "",
@@ -851,14 +862,29 @@ def write_provenance(out: Path, info: dict):
             "answered `Relevant Documents: k` / `Cited Documents: k` / `Answer:` (accurate mode, "
             "70%; fast mode 30%) / `Grounded answer: <co: k>the sentence</co: k>`. The prompts are "
             "rendered by `pycohere.serve.prompts.build_prompt` (Command-R's built-in `tool_use` and "
-            "`rag` templates, ~900-1200 tokens) with the freshly trained tokenizer: exactly what "
+            f"`rag` templates, {t['tokens'] / max(1, t['sequences']):.0f} tokens per sequence on average) "
+            "with the freshly trained tokenizer: exactly what "
             "`pycohere serve` runs at inference. Loss on the answer tokens only (weight "
             f"{t['weight']}, added to the language-model loss of the same step): the prompt is mostly "
             "the templates' fixed preamble, nothing the model has to write; the batch's shared prefix "
-            "(~600 of ~1000 tokens) runs once without gradients as a KV cache (the same forward). Tool "
+            "runs once without gradients as a KV cache (the same forward). Tool "
             f"names in `HELDOUT_TOOL_NAMES` ({t['heldout_names']} of the verb_noun pairs) are never "
             "trained on.",
         ]
+        if t.get("tokenizer_samples"):
+            lines += ["", f"The tokenizer's second pass also saw {t['tokenizer_samples']} rendered training cases "
+                      "and every training tool name (`--tokenizer-tool-samples`), so the templates' English and "
+                      "the names are short token runs (a held-out tool prompt ~600 tokens instead of ~950)."]
+        if t.get("copy_fraction"):
+            lines += ["", f"In {t['copy_fraction']:.0%} of the language-model windows a span of 8-48 tokens is "
+                      "repeated later in the window (`--copy-fraction`): copying from the context, which the "
+                      "tool and document answers need, is then learned early."]
+        if t.get("drills"):
+            lines += ["", f"With every tool batch, {t['drills']} short drills (`--tool-drills`): a tool case's "
+                      "definitions and user turn without the template's preamble and instructions, then its "
+                      "answer. A name's first token follows `def ` in the spec (`Ġsearch`) and a quote in the "
+                      "answer (`search`), so the answer cannot copy it token for token; the drills teach "
+                      "that pairing a few lines apart instead of ~300 tokens."]
     lines += [
         "",
         f"Held out (never trained on, not used for the tokenizer): KJV chapters with index "
@@ -1133,6 +1159,8 @@ def main(argv=None):
                           "max_len": args.tool_max_len, "sequences": result["tool_sequences"],
                           "tokens": result["tool_tokens"], "answer_tokens": result["tool_answer_tokens"],
                           "heldout_names": len(demo_corpus.HELDOUT_TOOL_NAMES),
+                          "tokenizer_samples": args.tokenizer_tool_samples, "copy_fraction": args.copy_fraction,
+                          "drills": args.tool_drills,
                           "loss": "answer tokens only"} if args.tool_every else None,
         "tool_rates": rates,
         "files": files,
