@@ -3,17 +3,20 @@ driven by the official ``openai`` client and by raw HTTP (SSE framing, error sha
 
 Oracles: a second, independent load of the demo model (``model.generate``: greedy output token for token,
 logprobs from ``output_logits``), the tokenizer, OpenAI's wire format (the ``openai`` client's own parser
-and types) and ``prometheus_client``'s text parser. The 4M-parameter demo model cannot write a tool call
-or a cited answer, so those tests force the model's tokens (a logits processor that leaves one token
-possible per step, through the real generation loop) and check what the server makes of that output.
+and types) and ``prometheus_client``'s text parser. Exact tool-call and citation outputs are forced (a
+logits processor that leaves one token possible per step, through the real generation loop) to check what
+the server makes of them; the demo model's own greedy tool calls and citations, on held-out requests, are
+checked by their rate.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,6 +414,98 @@ def test_an_answer_that_does_not_parse_is_returned_as_text(client, forced):
     forced.force("Action: ```json\n[{\"tool_name\": ")   # cut off mid-JSON
     r = client.chat.completions.create(model="pycohere-demo", messages=HELLO, tools=[WEATHER_TOOL], max_tokens=200)
     assert r.choices[0].message.content.startswith("Action:") and not r.choices[0].message.tool_calls
+
+
+# --- the demo model's own tool calls and citations (nothing forced) -------------------------------------
+def _tool(name, description, params, required):
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "properties": {p: {"type": t, "description": d} for p, t, d in params},
+        "required": required}}}
+
+
+# Tool names the training never used (tools/demo_corpus.py HELDOUT_TOOL_NAMES), with descriptions,
+# parameters and requests written here: the model has to copy the name, parameter and quoted value.
+HELDOUT_TOOLS = [
+    ([_tool("get_weather", "The weather in a city today.", [("city", "string", "the city")], ["city"])],
+     'What is the weather in "Jerusalem"?'),
+    ([_tool("find_verses", "Finds Bible verses about a subject.", [("query", "string", "the subject"),
+                                                                   ("limit", "integer", "at most this many")],
+            ["query"])], 'Find verses about "shepherd".'),
+    ([_tool("search_city", "Search for a city by name.", [("name", "string", "the city's name")], ["name"]),
+      _tool("get_weather", "The weather in a city today.", [("city", "string", "the city")], ["city"])],
+     'Search the city named "Babylon".'),
+    ([_tool("lookup_friend", "Looks up a friend in the address book.", [("person", "string", "who")], ["person"])],
+     'Look up my friend "Samuel".'),
+    ([_tool("fetch_song", "Fetches a song to play.", [("title", "string", "the song's title")], ["title"]),
+      _tool("list_news", "Lists today's news.", [("topic", "string", "a topic")], ["topic"])],
+     'Fetch the song "Jubilee".'),
+    ([_tool("list_news", "Lists the latest news on a topic.", [("topic", "string", "a topic"),
+                                                               ("count", "integer", "how many")],
+            ["topic", "count"])], 'List the news on "harvest". Give me 5.'),
+    ([_tool("check_email", "Checks a mailbox for new email.", [("key", "string", "the mailbox")], ["key"])],
+     'Check my email "inbox".'),
+    ([_tool("show_time", "Shows the local time somewhere.", [("place", "string", "where")], ["place"]),
+      _tool("read_message", "Reads a message aloud.", [("text", "string", "the message")], ["text"]),
+      _tool("create_flight", "Books a flight.", [("place", "string", "the destination")], ["place"])],
+     'Show the time in "Egypt".'),
+    ([_tool("read_message", "Reads a message aloud.", [("text", "string", "the message")], ["text"])],
+     'Read the message "peace be with you".'),
+    ([_tool("create_flight", "Books a flight to a city.", [("place", "string", "the destination"),
+                                                           ("number", "integer", "passengers")], ["place"])],
+     'Create a flight to "Damascus" for 2.'),
+]
+
+
+def test_the_demo_model_calls_the_requests_tools(client):
+    """Greedy answers to ten held-out tool requests: at least 8 must be tool calls of the request's own
+    tools with JSON-object arguments (the demo was trained on the format, not on these tools)."""
+    valid, exact, answers = 0, 0, []
+    for tools, ask in HELDOUT_TOOLS:
+        r = client.chat.completions.create(model="pycohere-demo", messages=[{"role": "user", "content": ask}],
+                                           tools=tools, temperature=0)
+        choice = r.choices[0]
+        calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []]
+        names = {t["function"]["name"] for t in tools}
+        ok = bool(calls) and all(n in names and isinstance(a, dict) for n, a in calls)
+        assert not ok or (choice.finish_reason == "tool_calls" and choice.message.content is None)
+        valid += ok
+        quoted = ask.split('"')[1]
+        exact += ok and calls[0][0] == tools[0]["function"]["name"] and quoted in calls[0][1].values()
+        answers.append((ask, calls or choice.message.content))
+    assert valid >= 8, (valid, exact, answers)
+
+
+def _heldout_documents():
+    """Ten document sets of held-out verses (never trained on), each with a word found in one of them only."""
+    verses = [v for v in (Path(pycohere.DEMO_MODEL) / "heldout.txt").read_text(encoding="utf-8").splitlines()
+              if 20 <= len(v) <= 110]
+    cases = []
+    for i in range(10):
+        docs = [verses[(97 * i + 31 * j) % len(verses)] for j in range(2 + i % 3)]
+        k = i % len(docs)
+        others = " ".join(d for j, d in enumerate(docs) if j != k).lower()
+        word = next(w for w in re.findall(r"[A-Za-z]{5,}", docs[k]) if w.lower() not in others)
+        titled = [{"title": f"Verse {j + 1}", "text": d} for j, d in enumerate(docs)]
+        cases.append((titled if i % 2 == 0 else [{"text": d} for d in docs], word, k))
+    return cases
+
+
+def test_the_demo_model_cites_the_documents(client):
+    """Greedy answers to ten held-out document requests: at least 8 must carry citations naming existing
+    documents, each span indexing the returned text."""
+    valid, right, answers = 0, 0, []
+    for documents, word, k in _heldout_documents():
+        r = client.chat.completions.create(model="pycohere-demo", temperature=0, extra_body={"documents": documents},
+                                           messages=[{"role": "user", "content": f"What is written about {word}?"}])
+        msg = r.choices[0].message
+        cites = msg.model_extra.get("citations") or []
+        ids = {f"doc_{j}" for j in range(len(documents))}
+        ok = bool(cites) and all(c["document_ids"] and set(c["document_ids"]) <= ids
+                                 and msg.content[c["start"]:c["end"]] == c["text"] != "" for c in cites)
+        valid += ok
+        right += ok and all(c["document_ids"] == [f"doc_{k}"] for c in cites)
+        answers.append((word, msg.content, cites))
+    assert valid >= 8, (valid, right, answers)
 
 
 # --- completions, models, introspection -----------------------------------------------------------------
