@@ -38,11 +38,10 @@ def test_dense_matmul_equals_widen_then_matmul(storage, rows, out_dim, in_dim, s
     assert (np.abs(got - ref) <= bound).all()
 
 
-def test_prefill_path_uses_tiles_and_equals_spec(monkeypatch):
-    monkeypatch.setattr(K, "TILE_ELEMENTS", 64)  # force several tiles on a small matrix
+def test_f16_prefill_multiplies_the_bits_in_place_and_equals_spec():
     rng = np.random.default_rng(0)
     raw = _raw(rng, (37, 20), "F16")
-    x = rng.standard_normal((2, 9, 20)).astype(np.float32)  # 18 rows > the f16 GEMV's 8: widened tiles + gemm
+    x = rng.standard_normal((2, 9, 20)).astype(np.float32)  # 18 rows > the f16 GEMV's 8: tiles.gemm on int16 bits
     np.testing.assert_allclose(K.dense_matmul(x, raw, "F16"), x @ widen(raw, "F16").T, rtol=1e-5, atol=1e-5)
 
 

@@ -3,16 +3,15 @@
 Weights are read straight from the memory map: bf16 as uint16 bits widened in registers
 (``bits << 16`` reinterpreted as float32, an LLVM bitcast: exact and free), f16 by ``jit.f16_as_f32``
 (vcvtph2ps; Numba has no float16 type on CPU) or, in row gathers, a 64K-entry float32 table. No float32
-copy of the model exists (f16 prefills widen one reused tile at a time, ``pycohere.kernels.tiles``).
+copy of the model exists: prefills multiply the mapped bits in place (``pycohere.kernels.tiles.gemm``).
 Every kernel has a NumPy twin named in its docstring and listed in ``pycohere.kernels.registry``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..constants import TILE_ELEMENTS
 from ..io.dtypes import widen
-from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, f16_as_f32, njit, prange, u32_as_f32
+from .jit import F16_TABLE, FAST, GEMV_MAX_ROWS, njit, prange, u32_as_f32
 from .rows import row_bf16, row_f16, row_f32
 from . import tiles
 
@@ -65,20 +64,11 @@ def widen_f16(w, table):
     return out
 
 
-@njit(cache=True, parallel=True)
-def widen_f16_into(w, out):
-    """f16 bits w (rows, in) -> out[:rows] float32, converted in registers (``f16_as_f32``: vcvtph2ps; 2-5x
-    faster than an ``F16_TABLE`` lookup per value on 768 x 256 to 5632 x 2048). Twin: ``widen(w, "F16")``."""
-    for i in prange(w.shape[0]):
-        for j in range(w.shape[1]):
-            out[i, j] = f16_as_f32(w[i, j])
-
-
 #: Input rows up to which a dense matmul runs the GEMV (each weight row read once for all rows) rather
 #: than ``tiles.gemm`` (4 x 4 register tiles). Measured with tools/bench_small_prefill.py on the demo and
 #: bench shapes (docs/serve.md "Measurements"): for bf16 and float32 the GEMM is as fast at 2 rows and
-#: 1.5-3x faster from 3; f16 first widens each tile (2-4 ms for a 5632 x 2048 matrix), which the GEMM
-#: repays from about 8 rows. So a prefill has no cliff at 9 rows.
+#: 1.5-3x faster from 3. f16 was measured when its tiles were widened first (2-4 ms for a 5632 x 2048 matrix,
+#: repaid from about 8 rows); the GEMM now widens f16 in registers too, so 8 is conservative. No cliff at 9 rows.
 DENSE_GEMV_MAX_ROWS = {"BF16": 2, "F16": 8, "F32": 2}
 
 
@@ -86,9 +76,9 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
     """x (..., in) float32 @ W.T for an mmap'd raw W (out, in) -> (..., out) float32.
 
     Decode (a row or two): a GEMV kernel that reads W once, widening in registers.
-    More rows: bf16 and float32 W by the register-tiled ``tiles.gemm``, read in place; f16 widened tile
-    by tile into a reused buffer, each tile multiplied by it (``tiles.tiled_matmul``). No BLAS: it
-    stalls on a shared machine (``pycohere.kernels.tiles``).
+    More rows: the register-tiled ``tiles.gemm``, reading bf16, f16 (vcvtph2ps: 250-260 against 155-185
+    GFLOP/s for the widened tiles it replaced, 5632 x 2048, 128-512 rows) and float32 W in place. No BLAS:
+    it stalls on a shared machine (``pycohere.kernels.tiles``).
     """
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
@@ -102,14 +92,9 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
         else:
             y = gemv_f32(x2, raw)
         return y.reshape(lead + (raw.shape[0],))
-    if storage in ("BF16", "F32"):
-        out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
-        tiles.gemm(x2, raw, np.int64(tiles.GEMM_ROW_BLOCK), out, np.int64(0))
-        return out.reshape(lead + (raw.shape[0],))
-
-    def fill(r0, r1, tile):
-        widen_f16_into(raw[r0:r1], tile)
-    out = tiles.tiled_matmul(x2, raw.shape[0], raw.shape[1], fill, TILE_ELEMENTS)
+    out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
+    # f16 bits as an int16 view: tiles.as_f32 widens them in registers (vcvtph2ps), bf16's uint16 by a shift
+    tiles.gemm(x2, raw.view(np.int16) if storage == "F16" else raw, np.int64(tiles.GEMM_ROW_BLOCK), out, np.int64(0))
     return out.reshape(lead + (raw.shape[0],))
 
 

@@ -172,7 +172,7 @@ def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
 
 # storage: (the matmul's kernels, the row gather's)
 DENSE_KERNELS = {"BF16": ((dense.gemv_bf16, tiles.gemm), (dense.widen_bf16,)),
-                 "F16": ((dense.gemv_f16, dense.widen_f16_into, tiles.gemm), (dense.widen_f16,)),
+                 "F16": ((dense.gemv_f16, tiles.gemm), (dense.widen_f16,)),
                  "F32": ((dense.gemv_f32, tiles.gemm), ())}
 QUANT_KERNELS = {
     "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),

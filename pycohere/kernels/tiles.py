@@ -1,5 +1,5 @@
-"""Prefill matmuls (more than a few input rows): ``gemm``, a register-tiled GEMM in Numba that reads bf16
-or float32 weights in place, and ``tiled_matmul`` for weights it cannot read (f16, quantized): rows
+"""Prefill matmuls (more than a few input rows): ``gemm``, a register-tiled GEMM in Numba that reads bf16,
+f16 or float32 weights in place, and ``tiled_matmul`` for weights it cannot read (quantized): rows
 widened (or dequantized) tile by tile into one reused per-thread buffer, each tile multiplied by ``gemm``.
 
 Why a reused buffer of about a MiB, not a fresh 16 MiB tile per call: a fresh large ``np.empty`` is a
@@ -21,14 +21,17 @@ from typing import Callable
 
 import numpy as np
 
-from .jit import FAST, JIT_DISABLED, njit, prange, u32_as_f32
+from .jit import FAST, JIT_DISABLED, f16_as_f32, njit, prange, u32_as_f32
 
 
 def as_f32(v):
-    """A weight element as float32: uint16 is bf16 bits (widened exactly: bits << 16), float32 stays.
-    (Plain Python, for NUMBA_DISABLE_JIT; compiled code gets the overload below, chosen by type.)"""
+    """A weight element as float32: uint16 is bf16 bits (widened exactly: bits << 16), int16 is f16 bits
+    (``dense_matmul`` passes an f16 weight as an int16 view, so the type picks the conversion: vcvtph2ps),
+    float32 stays. (Plain Python, for NUMBA_DISABLE_JIT; compiled code gets the overload below.)"""
     if isinstance(v, np.uint16):
         return u32_as_f32(np.uint32(v) << np.uint32(16))
+    if isinstance(v, np.int16):
+        return f16_as_f32(np.uint16(np.int32(v) & 0xFFFF))
     return np.float32(v)
 
 
@@ -40,6 +43,8 @@ if not JIT_DISABLED:
     def _as_f32(v):
         if v == types.uint16:
             return lambda v: u32_as_f32(np.uint32(v) << np.uint32(16))
+        if v == types.int16:
+            return lambda v: f16_as_f32(np.uint16(v))
         return lambda v: np.float32(v)
 
 
@@ -56,8 +61,8 @@ def scratch(n: int) -> np.ndarray:
 
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemm(x, w, row_block, out, col0):
-    """out[:, col0:col0 + N] = x @ W.T for x (M, in) float32 and W (N, in): bf16 bits (uint16) or float32,
-    read in place (``rows.as_f32``: bf16 widened in registers, no float32 copy).
+    """out[:, col0:col0 + N] = x @ W.T for x (M, in) float32 and W (N, in): bf16 bits (uint16), f16 bits (int16)
+    or float32, read in place (``as_f32``: widened in registers, no float32 copy).
 
     Twin: ``x @ widen(W).T``. llamafile's tinyBLAS design (``ggml/src/ggml-cpu/llamafile/sgemm.cpp``): a
     4 x 4 tile of accumulators (4 rows of x by 4 rows of W), the dot products vectorised along ``in`` by
