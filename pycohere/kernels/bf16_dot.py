@@ -117,11 +117,16 @@ if AVAILABLE:
 
                 zero = ir.Constant(_F16V, [0.0] * 16)
                 accs = counted_loop(b, ir.Constant(_I64, 0), steps, [zero] * (rm * rn), body)
-                sums = _lane_sums(b, accs + [zero] * (16 - rm * rn))  # lane a * rn + c: tile entry (a, c)
+                # entry e = a * rn + c of the tile: lane e % 16 of the lane sums of accumulators 16 (e // 16) ...
+                sums = [_lane_sums(b, (accs[e:e + 16] + [zero] * 16)[:16]) for e in range(0, rm * rn, 16)]
                 f32p = _F32.as_pointer()
                 for a in range(rm):
                     orow = b.gep(b.bitcast(row(O, b.add(oia, ir.Constant(_I64, a))), f32p), [oja])
-                    part = b.shuffle_vector(sums, sums, ir.Constant(vec(_I32, rn), [a * rn + c for c in range(rn)]))
+                    part = ir.Constant(vec(_F32, rn), None)
+                    for c in range(rn):
+                        e = a * rn + c
+                        lane = b.extract_element(sums[e // 16], ir.Constant(_I32, e % 16))
+                        part = b.insert_element(part, lane, ir.Constant(_I32, c))
                     b.store(part, b.bitcast(orow, vec(_F32, rn).as_pointer()), align=4)
                 return context.get_dummy_value()
             return sig, codegen
