@@ -16,7 +16,7 @@ mapped; the activations are rounded to bf16 bits once per matmul, half the bytes
 ``gemm`` keeps ``tiles.gemm``'s layout: 4 x 4 tiles (4 activation rows by 4 weight rows, 16 vector
 accumulators) parallel over groups of 4 weight rows, activation rows taken ``row_block`` at a time so they
 stay in L2. Needs the input width to be a multiple of 32 (``supported``); ``vdpbf16ps`` treats subnormal
-inputs and results as zero (bf16 weights below 1e-38 are zero for it).
+inputs and results as zero (a weight or rounded activation below 1.2e-38 in magnitude counts as 0).
 """
 from __future__ import annotations
 
