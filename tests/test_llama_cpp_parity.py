@@ -23,12 +23,13 @@ from llama_cpp_oracle import EXPORTED, LLAMA_QUANTIZED, export, sha256
 
 HERE = DATA / "llama_cpp"
 PROV = json.loads((HERE / "provenance.json").read_text())
-# Argmax bars of the quantized kinds: one activation rounding that flips (float32 summation order upstream)
+# Argmax bars of Q8_0 and Q4_K_M (Q4_0 agrees at 100% and keeps 0.99): one activation rounding that flips
+# (float32 summation order upstream)
 # moves the later logits, and positions whose top two are close follow. Measured: 99.6-100% on the first demo
 # model; on the retrained one (tool samples) 98.8% (3 of 256) for Q8_0 (numba) and Q4_K_M (numpy), whose logits
 # agree with llama.cpp's to 1e-6 (Q4_K_M) or 2e-3 (Q8_0) of the max on the positions stored in full. The argmax
 # bar alone does not separate the modes (float32 activations agree at 96.5-98.8%); the rel check below does.
-BARS = {"f32": (1e-4, 0.99), "q8_0": (2e-2, 0.98), "q4_0": (2e-2, 0.98), "q4_k_m": (2e-2, 0.98)}
+BARS = {"f32": (1e-4, 0.99), "q8_0": (2e-2, 0.98), "q4_0": (2e-2, 0.99), "q4_k_m": (2e-2, 0.98)}
 
 
 @pytest.fixture(scope="module")

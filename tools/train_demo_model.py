@@ -309,7 +309,7 @@ def tool_drill(ptok, case) -> tuple[str, list[int]]:
 def tool_texts(ptok, sampler, n: int, seed: int) -> list[str]:
     """Text for the tokenizer's second pass: `n` training cases (alternately tool and grounded) as the
     server renders them, special tokens dropped, and every training tool name as the answer writes it
-    (``"find_verses"``) and as the spec does (`` find_verses``). Rendered with the first-pass
+    (``"order_song"``) and as the spec does (`` order_song``). Rendered with the first-pass
     tokenizer; byte-level BPE round-trips any text, so the strings are the templates' exact text."""
     out = []
     for i in range(n):

@@ -77,20 +77,23 @@ def prefill_path(w: Weight) -> str:
         return prefill_path(w.inner)
     if isinstance(w, LlamaCppActivations):
         raw = getattr(w.weight, "raw", None)
-        if w.storage == "BF16" and raw is not None and bf16_dot.supported(w.shape[1]):
+        if (w.storage == "BF16" and raw is not None and raw.dtype == np.uint16 and raw.strides[1] == 2
+                and bf16_dot.supported(w.shape[1])):
             return "bf16 dot products (vdpbf16ps, kernels.bf16_dot)"
-        if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE:
+        has_codes = getattr(w.weight, "arrays", {}).get("qweight") is not None
+        if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE and has_codes:
             tiled = irows.TILES and int8_dot.SCHEMES.index(w.storage) in int8_dot.TILE_KINDS
-            return ("integer GEMM on repacked 16-row tiles (vpdpbusd, kernels.int8_dot)" if tiled
+            return (f"integer GEMM on repacked 16-row tiles from {int8_dot.TILE_MIN_ROWS} input rows (vpdpbusd, "
+                    "kernels.int8_dot)" if tiled
                     else f"integer rows, four activation rows per weight pass ({irows.isa()})")
-        if w.storage in iquant.SCHEMES and iquant.AVAILABLE:
+        if w.storage in iquant.SCHEMES and iquant.AVAILABLE and has_codes:
             return "integer rows on Q8 codes (kernels.iquant)"
         return "float kernels on the rounded activations"
     if isinstance(w, DenseWeight):
         if w.raw is None:
             return "BLAS on the materialized weight"
-        return ("register-tiled GEMM, read in place (kernels.tiles.gemm)" if w.storage in ("BF16", "F32")
-                else "f16 tiles widened in registers, then kernels.tiles.gemm")
+        return "register-tiled GEMM, read in place (kernels.tiles.gemm" + (
+            ", f16 widened by vcvtph2ps)" if w.storage == "F16" else ")")
     if isinstance(w, QuantizedWeight):
         return "dequantized tiles, then kernels.tiles.gemm"
     return "the spec"
@@ -161,8 +164,8 @@ def _kernels(w: Weight):
             # bf16 x bf16 dot products (vdpbf16ps) for a prefill, as llama.cpp's bf16 GEMM; decode rows as before
             def matmul_bf16(x):
                 x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-                if x2.shape[0] <= dense.DENSE_GEMV_MAX_ROWS["BF16"]:
-                    return inner.matmul(round_activations(x, vdt))
+                if x2.shape[0] <= dense.DENSE_GEMV_MAX_ROWS["BF16"] or x2.shape[1] != w.shape[1]:
+                    return inner.matmul(round_activations(x, vdt))  # (a wrong width: the spec's own error)
                 return bf16_dot.matmul(x2, raw).reshape(x.shape[:-1] + (w.shape[0],))
             return matmul_bf16, (lambda ids: inner.rows(ids, np.float32))
 
