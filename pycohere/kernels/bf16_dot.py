@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import JIT_DISABLED, cpu_features, f32_as_u32, njit, prange
+from .jit import JIT_DISABLED, cpu_features, njit, prange
+from .rounding import bf16_round_bits
 
 AVAILABLE = not JIT_DISABLED and {"avx512bf16", "avx512f"} <= cpu_features()
 #: values per vdpbf16ps (16 float lanes, two bf16 pairs each)
@@ -35,11 +36,7 @@ def bf16_bits(x, out):
     Twin: ``pycohere.io.dtypes.bf16_bits`` (the rounding ``round_activations(x, "bf16")`` does)."""
     for i in prange(x.shape[0]):
         for j in range(x.shape[1]):
-            v = x[i, j]
-            u = f32_as_u32(v)
-            bits = np.uint32(0x7FC0) if v != v else (u + (((u >> np.uint32(16)) & np.uint32(1))
-                                                          + np.uint32(0x7FFF))) >> np.uint32(16)
-            out[i, j] = np.uint16(bits)
+            out[i, j] = np.uint16(bf16_round_bits(x[i, j]))
 
 
 def supported(in_dim: int) -> bool:

@@ -526,12 +526,10 @@ class DecodeEngine:
         ins = (dims.D, dims.D, dims.D, dims.H * dims.Dh, dims.D, dims.D, dims.F)  # input size of each matrix
         layers = []
         for p in params.layers:
-            mats = [matrix_arrays(w) for w in (p.q_proj, p.k_proj, p.v_proj, p.o_proj, p.gate_proj, p.up_proj,
-                                               p.down_proj)]
+            mats = [matrix_arrays(w) for w in p.matrices()]
             if any(m is None for m in mats):
                 return None
-            r = [input_rounding(w) for w in (p.q_proj, p.k_proj, p.v_proj, p.o_proj, p.gate_proj, p.up_proj,
-                                               p.down_proj)]
+            r = [input_rounding(w) for w in p.matrices()]
             if len({r[0], r[1], r[2], r[4], r[5]}) > 1:  # region 1 rounds one shared input once
                 return None
             layers.append(cls._pack(mats, ins, p))

@@ -68,17 +68,25 @@ def attention_kernel(backend: str, dtype):
     return fused_attention
 
 
+def _bf16_dot_raw(w: "LlamaCppActivations"):
+    """The mapped bf16 bits that ``kernels.bf16_dot`` can multiply for this llama.cpp-rounded weight, or None."""
+    from . import bf16_dot
+    raw = getattr(w.weight, "raw", None)
+    if (w.storage == "BF16" and raw is not None and raw.dtype == np.uint16 and raw.strides[1] == 2
+            and bf16_dot.supported(w.shape[1])):
+        return raw
+    return None
+
+
 def prefill_path(w: Weight) -> str:
     """Which kernel a matmul of many input rows (a prefill) runs for weight ``w`` on this host (the same
     choices as ``_kernels``), for ``model.kernel_report()``."""
-    from . import bf16_dot, int8_dot, iquant, irows
+    from . import int8_dot, iquant, irows
     w = getattr(w, "spec", w)
     if isinstance(w, PermutedWeight):
         return prefill_path(w.inner)
     if isinstance(w, LlamaCppActivations):
-        raw = getattr(w.weight, "raw", None)
-        if (w.storage == "BF16" and raw is not None and raw.dtype == np.uint16 and raw.strides[1] == 2
-                and bf16_dot.supported(w.shape[1])):
+        if _bf16_dot_raw(w) is not None:
             return "bf16 dot products (vdpbf16ps, kernels.bf16_dot)"
         has_codes = getattr(w.weight, "arrays", {}).get("qweight") is not None
         if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE and has_codes:
@@ -158,9 +166,8 @@ def _kernels(w: Weight):
         inner = fast_weight(w.weight)
         vdt, qweight = w.vec_dot_type, getattr(w.weight, "arrays", {}).get("qweight")
 
-        raw = getattr(w.weight, "raw", None)
-        if (w.storage == "BF16" and raw is not None and raw.dtype == np.uint16 and raw.strides[1] == 2
-                and bf16_dot.supported(w.shape[1])):
+        raw = _bf16_dot_raw(w)
+        if raw is not None:
             # bf16 x bf16 dot products (vdpbf16ps) for a prefill, as llama.cpp's bf16 GEMM; decode rows as before
             def matmul_bf16(x):
                 x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)

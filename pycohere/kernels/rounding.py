@@ -18,6 +18,15 @@ NONE, F16, BF16, Q8_0, Q8_K = range(5)
 CODES = {None: NONE, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q8_k": Q8_K}
 
 
+@njit(cache=True, inline="always")
+def bf16_round_bits(v):
+    """The bf16 bits (as uint32) of float32 v: io.dtypes.bf16_bits, round to nearest even; NaN -> 0x7FC0."""
+    if v != v:
+        return np.uint32(0x7FC0)
+    u = f32_as_u32(v)
+    return (u + (((u >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF))) >> np.uint32(16)
+
+
 @njit(cache=True)
 def round_rows(x, mode):
     """x (R, n) float32 <- x rounded as ``mode`` (one of the codes above); n % 32 (Q8_0) or % 256 (Q8_K)."""
@@ -28,13 +37,9 @@ def round_rows(x, mode):
         if mode == F16:
             for j in range(n):
                 x[r, j] = round_f16(x[r, j])
-        elif mode == BF16:  # io.dtypes.bf16_bits: round to nearest even on the bits; NaN -> 0x7FC0
+        elif mode == BF16:
             for j in range(n):
-                v = x[r, j]
-                u = f32_as_u32(v)
-                bits = np.uint32(0x7FC0) if v != v else (u + (((u >> np.uint32(16)) & np.uint32(1))
-                                                              + np.uint32(0x7FFF))) >> np.uint32(16)
-                x[r, j] = u32_as_f32(bits << np.uint32(16))
+                x[r, j] = u32_as_f32(bf16_round_bits(x[r, j]) << np.uint32(16))
         elif mode == Q8_0:
             for b in range(n // 32):
                 d, inv = _q8_0_scale(x, r, b * 32)

@@ -345,10 +345,8 @@ class CohereForCausalLM(_Pretrained, GenerationMixin):
         if m._fast:
             from ..kernels.dispatch import prefill_path
             paths: dict[str, set] = {}  # kernel -> the storages that run it
-            for layer in self.params.layers:
-                for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
-                    w = getattr(layer, name)
-                    paths.setdefault(prefill_path(w), set()).add(str(getattr(w, "storage", "?")))
+            for w in (w for layer in self.params.layers for w in layer.matrices()):
+                paths.setdefault(prefill_path(w), set()).add(str(getattr(w, "storage", "?")))
             lines.append("prefill matmuls: " + "; ".join(f"{', '.join(sorted(k))}: {p}" for p, k in paths.items()))
         if m._decoder is not None:
             return lines + m._decoder.describe()

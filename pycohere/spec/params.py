@@ -105,6 +105,10 @@ class LayerParams(_ByName):
     sliding_window: int | None = None      # not a tensor: the layer's window (Cohere2 sliding layers), set by the model
     use_rope: bool = True                  # not a tensor: False on Cohere2's full-attention (NoPE) layers
 
+    def matrices(self) -> tuple:
+        """The seven matrices, in the order q, k, v, o, gate, up, down (the decode engine's matrix index)."""
+        return (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj)
+
 
 @dataclass
 class ModelParams(_ByName):
