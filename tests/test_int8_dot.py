@@ -110,6 +110,27 @@ def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q5_k") is None  # no integer kernel
 
 
+@pytest.mark.parametrize("scheme", int8_dot.SCHEMES)
+def test_a_prefill_takes_the_float_gemm_where_that_measured_faster(scheme, monkeypatch):
+    """Under activations="llama.cpp" a matmul of many rows runs the float GEMM on the rounded activations
+    (the spec read literally) where dispatch says so (AVX2 hosts, 48+ rows), else the integer rows: both
+    choices, forced, on every host. Below the row threshold the integer rows always run."""
+    from pycohere.kernels import dispatch, tiles
+    rng = np.random.default_rng(3)
+    W = _weight(rng, scheme, 7, 1)
+    A = fast_weight(LlamaCppActivations(W, "w"))
+    x = rng.standard_normal((tiles.BROADCAST_MIN_ROWS + 5, W.shape[1])).astype(np.float32)
+    rounded = round_activations(x, VEC_DOT_TYPE[scheme])
+    codes = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
+    monkeypatch.setattr(dispatch, "_float_prefill", lambda rows: rows >= tiles.BROADCAST_MIN_ROWS)
+    np.testing.assert_array_equal(A.matmul(x), fast_weight(W).matmul(rounded))
+    np.testing.assert_array_equal(A.matmul(x[:9]), int8_dot.gemv_rounded(x[:9], W.arrays["qweight"], scheme))
+    monkeypatch.setattr(dispatch, "_float_prefill", lambda rows: False)
+    np.testing.assert_array_equal(A.matmul(x), codes)
+    Wd = W.dequantize()
+    assert np.all(np.abs(codes - rounded @ Wd.T) <= 1e-5 * (np.abs(rounded) @ np.abs(Wd).T))  # the two agree
+
+
 NARROW_CHECK = """
 import numpy as np
 from pycohere.kernels import int8_dot, irows

@@ -272,23 +272,28 @@ def test_blocked_attention_runs_in_a_forked_child():
     assert done[0] == b"ok", f"the forked child answered {done[0]!r} (None: it hung)"
 
 
+@pytest.mark.parametrize("kernel", ["4x4", "4x3", "avx2"])
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), M=st.integers(2, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
        row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16", "F32"]))
-def test_prefill_matmul_equals_the_spec(seed, M, out_dim, in_dim, row_block, storage):
-    """tiles.gemm's 4 x 4 tiles on the weights in place (bf16 bits shifted, f16 bits by vcvtph2ps, float32),
-    with every remainder (M % 4, out % 4, x row blocks of any size): all give the spec's x @ widen(W).T."""
+def test_prefill_matmul_equals_the_spec(kernel, seed, M, out_dim, in_dim, row_block, storage):
+    """tiles.gemm's kernels, every one on every host (4 x 4 tiles for 32 vector registers; for 16, the
+    broadcast kernel on whole panels of 16 x rows, in blocks, and 4 x 3 tiles on the rest), on the weights
+    in place (bf16 bits shifted, f16 bits by vcvtph2ps, float32), with every remainder (M % 4 or % 16,
+    out % 4, % 3 or % 6, x row blocks of any size): all give the spec's x @ widen(W).T."""
     rng = np.random.default_rng(seed)
     w32 = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16) if storage == "F16" else w32
     x = rng.standard_normal((M, in_dim)).astype(np.float32)
-    saved = tiles.GEMM_ROW_BLOCK
-    tiles.GEMM_ROW_BLOCK = row_block
+    saved = tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK
+    # avx2: the broadcast kernel from 1 row, x in blocks of 16 row_block rows (1 to 12 panels)
+    tiles.GEMM_ROW_BLOCK, tiles.gemm = row_block, getattr(tiles, f"gemm_{kernel}")
+    tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK = 1, 16 * row_block
     try:
         got = KD.dense_matmul(x, raw, storage)
         again = KD.dense_matmul(x[: M - 1], raw, storage)
     finally:
-        tiles.GEMM_ROW_BLOCK = saved
+        tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK = saved
     want = x @ widen(raw, storage).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))

@@ -155,7 +155,8 @@ def worker(impl: str, ckpt: str, prompt: int, long_prompt: int, decode: int) -> 
         act = "llama.cpp" if impl.endswith("-llamacpp-act") else "float32"
         model = pycohere.AutoModelForCausalLM.from_pretrained(ckpt, backend=impl.split("-")[0], activations=act)
         r["load_s"] = time.perf_counter() - t
-        warm = model(ids_short[:, :8], logits_to_keep=1)  # first-call JIT compile (cache=True on disk)
+        # first-call JIT compile (cache=True on disk) of the kernels a prefill of 64+ rows runs, and a decode's
+        warm = model(ids_short[:, :64], logits_to_keep=1)
         cache = pycohere.KVCache.for_model(model.config)
         model(ids_short[:, :8], past_key_values=cache, use_cache=True, logits_to_keep=1)
         model(ids_short[:, 8:9], past_key_values=cache, use_cache=True, logits_to_keep=1)

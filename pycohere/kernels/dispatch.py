@@ -78,10 +78,19 @@ def _bf16_dot_raw(w: "LlamaCppActivations"):
     return None
 
 
+def _float_prefill(rows: int) -> bool:
+    """Whether a matmul of ``rows`` input rows under ``activations="llama.cpp"`` runs the float GEMM on the rounded
+    activations (the spec read literally) rather than integer rows: on hosts without the 512-bit integer
+    tiles (AVX2), from ``tiles.BROADCAST_MIN_ROWS`` rows, where the broadcast GEMM on dequantized tiles
+    measured faster (BENCHMARKS.md "Round 4": q8_0 1.7x, q4_0 / q6_k 1.2-1.4x at 512 rows)."""
+    from . import irows, tiles
+    return not irows.TILES and tiles.VECTOR_REGISTERS == 16 and rows >= tiles.BROADCAST_MIN_ROWS
+
+
 def prefill_path(w: Weight) -> str:
     """Which kernel a matmul of many input rows (a prefill) runs for weight ``w`` on this host (the same
     choices as ``_kernels``), for ``model.kernel_report()``."""
-    from . import int8_dot, iquant, irows
+    from . import int8_dot, iquant, irows, tiles
     w = getattr(w, "spec", w)
     if isinstance(w, PermutedWeight):
         return prefill_path(w.inner)
@@ -89,6 +98,9 @@ def prefill_path(w: Weight) -> str:
         if _bf16_dot_raw(w) is not None:
             return "bf16 dot products (vdpbf16ps, kernels.bf16_dot)"
         has_codes = getattr(w.weight, "arrays", {}).get("qweight") is not None
+        if _float_prefill(tiles.BROADCAST_MIN_ROWS) and w.storage in int8_dot.SCHEMES + iquant.SCHEMES:
+            return (f"float GEMM (kernels.tiles.{tiles.gemm.__name__}) on the rounded activations from "
+                    f"{tiles.BROADCAST_MIN_ROWS} input rows, integer rows below")
         if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE and has_codes:
             tiled = irows.TILES and int8_dot.SCHEMES.index(w.storage) in int8_dot.TILE_KINDS
             return (f"integer GEMM on repacked 16-row tiles from {int8_dot.TILE_MIN_ROWS} input rows (vpdpbusd, "
@@ -100,10 +112,10 @@ def prefill_path(w: Weight) -> str:
     if isinstance(w, DenseWeight):
         if w.raw is None:
             return "BLAS on the materialized weight"
-        return "register-tiled GEMM, read in place (kernels.tiles.gemm" + (
+        return f"register-tiled GEMM, read in place (kernels.tiles.{tiles.gemm.__name__}" + (
             ", f16 widened by vcvtph2ps)" if w.storage == "F16" else ")")
     if isinstance(w, QuantizedWeight):
-        return "dequantized tiles, then kernels.tiles.gemm"
+        return f"dequantized tiles, then kernels.tiles.{tiles.gemm.__name__}"
     return "the spec"
 
 
@@ -181,7 +193,8 @@ def _kernels(w: Weight):
         rounded = iquant.gemv_rounded if w.storage in iquant.SCHEMES else int8_dot.gemv_rounded
 
         def matmul(x):
-            if (w.storage in int8_dot.SCHEMES or w.storage in iquant.SCHEMES) and qweight is not None:
+            if ((w.storage in int8_dot.SCHEMES or w.storage in iquant.SCHEMES) and qweight is not None
+                    and not _float_prefill(int(np.prod(x.shape[:-1])))):
                 y = rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
                 if y is not None:
                     return y.reshape(x.shape[:-1] + (w.shape[0],))

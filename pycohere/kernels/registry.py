@@ -48,6 +48,18 @@ def _fast_matmul(w, x):
     return fast_weight(w).matmul(x)
 
 
+def _gemm_variant(kernel):
+    """x @ W.T by one of ``tiles``' GEMM tiles itself: both run on every host (``tiles.gemm`` is the host's
+    pick, which ``_fast_matmul`` reaches for more rows than the GEMV takes)."""
+    def fast(w, x):
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        raw = w.raw.view(np.int16) if w.storage == "F16" else w.raw      # f16 bits: vcvtph2ps in as_f32
+        out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
+        kernel(x2, raw, np.int64(tiles.GEMM_ROW_BLOCK), out, np.int64(0))
+        return out.reshape(x.shape[:-1] + (raw.shape[0],))
+    return fast
+
+
 def _spec_rows(w, ids):
     return w.rows(ids, np.float32)
 
@@ -173,7 +185,7 @@ def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
 # storage: (the matmul's kernels, the row gather's)
 DENSE_KERNELS = {"BF16": ((dense.gemv_bf16, tiles.gemm), (dense.widen_bf16,)),
                  "F16": ((dense.gemv_f16, tiles.gemm), (dense.widen_f16,)),
-                 "F32": ((dense.gemv_f32, tiles.gemm), ())}
+                 "F32": ((dense.gemv_f32, tiles.gemm), ())}  # (tiles.gemm: the host's tile; both below)
 QUANT_KERNELS = {
     "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),
     "int4-asym": (quant.gemv_int4, quant.dequant_int4_asym), "nf4": (quant.gemv_nf4, quant.dequant_nf4),
@@ -192,6 +204,10 @@ def _twins() -> tuple[Twin, ...]:
     for storage, (kernels, row_kernels) in DENSE_KERNELS.items():
         twins.append(Twin(f"matmul/{storage}", "matmul", storage, _spec_matmul, _fast_matmul, kernels))
         twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, row_kernels))
+        for name, gemm, kernels in (("4x4", tiles.gemm_4x4, (tiles.gemm_4x4,)),
+                                    ("4x3", tiles.gemm_4x3, (tiles.gemm_4x3,)),
+                                    ("broadcast", tiles.gemm_broadcast, (tiles.pack_x, tiles.gemm_panels))):
+            twins.append(Twin(f"gemm-{name}/{storage}", "matmul", storage, _spec_matmul, _gemm_variant(gemm), kernels))
     kq = {"q4_k": (kquant.gemv_q4_k, kquant.dequant_q4_k), "q6_k": (kquant.gemv_q6_k, kquant.dequant_q6_k),
           "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),
           "q3_k": (kquant.dequant_q3_k,), "q5_k": (kquant.dequant_q5_k,)}

@@ -1,6 +1,8 @@
 """Prefill matmuls (more than a few input rows): ``gemm``, a register-tiled GEMM in Numba that reads bf16,
 f16 or float32 weights in place, and ``tiled_matmul`` for weights it cannot read (quantized): rows
 widened (or dequantized) tile by tile into one reused per-thread buffer, each tile multiplied by ``gemm``.
+``gemm`` is ``gemm_4x4`` on AVX-512 hosts and ``gemm_avx2`` (``gemm_broadcast`` + ``gemm_4x3``) on AVX2 ones
+(``VECTOR_REGISTERS``).
 
 Why a reused buffer of about a MiB, not a fresh 16 MiB tile per call: a fresh large ``np.empty`` is a
 new anonymous mapping, and its first write page-faults every 4 KiB page (the kernel zeroes each), which
@@ -19,9 +21,11 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+import numba
 import numpy as np
+from numba import get_thread_id
 
-from .jit import FAST, JIT_DISABLED, f16_as_f32, njit, prange, u32_as_f32
+from .jit import FAST, JIT_DISABLED, cpu_features, f16_as_f32, njit, prange, u32_as_f32
 
 
 def as_f32(v):
@@ -51,24 +55,27 @@ if not JIT_DISABLED:
 _local = threading.local()  # a buffer per thread: the tensor-parallel ranks may run in threads
 
 
-def scratch(n: int) -> np.ndarray:
-    """A float32 buffer of n values owned by the calling thread (reused by its next call)."""
-    buf = getattr(_local, "buf", None)
+def scratch(n: int, slot: str = "tile") -> np.ndarray:
+    """A float32 buffer of n values owned by the calling thread (reused by its next call for ``slot``)."""
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(slot)
     if buf is None or buf.size < n:
-        buf = _local.buf = np.empty(n, dtype=np.float32)
+        buf = bufs[slot] = np.empty(n, dtype=np.float32)
     return buf[:n]
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
-def gemm(x, w, row_block, out, col0):
+def gemm_4x4(x, w, row_block, out, col0):
     """out[:, col0:col0 + N] = x @ W.T for x (M, in) float32 and W (N, in): bf16 bits (uint16), f16 bits (int16)
     or float32, read in place (``as_f32``: widened in registers, no float32 copy).
 
     Twin: ``x @ widen(W).T``. llamafile's tinyBLAS design (``ggml/src/ggml-cpu/llamafile/sgemm.cpp``): a
     4 x 4 tile of accumulators (4 rows of x by 4 rows of W), the dot products vectorised along ``in`` by
-    LLVM. Parallel over groups of 4 weight rows; x is taken ``row_block`` rows at a time so that its rows
-    stay in L2 while every weight group passes over them. Measured against widened tiles + BLAS in
-    BENCHMARKS.md "Prefill (issue 15)"."""
+    LLVM: 16 accumulators and 8 loaded vectors, which fit 32 vector registers (AVX-512). Parallel over
+    groups of 4 weight rows; x is taken ``row_block`` rows at a time so that its rows stay in L2 while every
+    weight group passes over them. Measured against widened tiles + BLAS in BENCHMARKS.md "Prefill (issue 15)"."""
     M, K = x.shape
     N = w.shape[0]
     groups = (N + 3) // 4
@@ -121,6 +128,205 @@ def gemm(x, w, row_block, out, col0):
                         for k in range(K):
                             c += x[i, k] * as_f32(w[jj, k])
                         out[i, col0 + jj] = c
+
+
+@njit(cache=True, parallel=True, fastmath=FAST)
+def gemm_4x3(x, w, row_block, out, col0):
+    """``gemm_4x4`` with 4 x 3 tiles (4 rows of x by 3 rows of W), for hosts with 16 vector registers (AVX2):
+    12 accumulators and 3 widened weight vectors fit them and x enters each FMA from memory, where the 4 x 4
+    tile spills (tinyBLAS takes the same shape for 16 registers). Twin: ``x @ widen(W).T``. 1.45x the 4 x 4
+    tile's GFLOP/s on an AVX2 host (BENCHMARKS.md "Round 4")."""
+    M, K = x.shape
+    N = w.shape[0]
+    groups = (N + 2) // 3
+    for i0 in range(0, M, row_block):
+        i1 = min(i0 + row_block, M)
+        i4 = i0 + (i1 - i0) // 4 * 4
+        for g in prange(groups):
+            j = g * 3
+            o = col0 + j
+            if j + 3 <= N:
+                for i in range(i0, i4, 4):
+                    c00 = c01 = c02 = c10 = c11 = c12 = np.float32(0.0)
+                    c20 = c21 = c22 = c30 = c31 = c32 = np.float32(0.0)
+                    for k in range(K):
+                        w0, w1, w2 = as_f32(w[j, k]), as_f32(w[j + 1, k]), as_f32(w[j + 2, k])
+                        a0, a1, a2, a3 = x[i, k], x[i + 1, k], x[i + 2, k], x[i + 3, k]
+                        c00 += a0 * w0
+                        c01 += a0 * w1
+                        c02 += a0 * w2
+                        c10 += a1 * w0
+                        c11 += a1 * w1
+                        c12 += a1 * w2
+                        c20 += a2 * w0
+                        c21 += a2 * w1
+                        c22 += a2 * w2
+                        c30 += a3 * w0
+                        c31 += a3 * w1
+                        c32 += a3 * w2
+                    out[i, o], out[i, o + 1], out[i, o + 2] = c00, c01, c02
+                    out[i + 1, o], out[i + 1, o + 1], out[i + 1, o + 2] = c10, c11, c12
+                    out[i + 2, o], out[i + 2, o + 1], out[i + 2, o + 2] = c20, c21, c22
+                    out[i + 3, o], out[i + 3, o + 1], out[i + 3, o + 2] = c30, c31, c32
+                for i in range(i4, i1):  # the last M % 4 rows of the block: 1 x 3 tiles
+                    c0 = c1 = c2 = np.float32(0.0)
+                    for k in range(K):
+                        a = x[i, k]
+                        c0 += a * as_f32(w[j, k])
+                        c1 += a * as_f32(w[j + 1, k])
+                        c2 += a * as_f32(w[j + 2, k])
+                    out[i, o], out[i, o + 1], out[i, o + 2] = c0, c1, c2
+            else:  # the last N % 3 weight rows: one dot product each
+                for jj in range(j, N):
+                    for i in range(i0, i1):
+                        c = np.float32(0.0)
+                        for k in range(K):
+                            c += x[i, k] * as_f32(w[jj, k])
+                        out[i, col0 + jj] = c
+
+
+# --- the broadcast micro-kernel (``gemm_broadcast``), for hosts with 16 vector registers (AVX2) ------------------
+# ``tiles.gemm_4x3`` forms dot products along ``in`` (tinyBLAS): per step of 8 values it loads 4 x vectors and 3
+# weight vectors for 12 FMAs, ~176 bytes from L2 per 6 cycles, which is the L2's rate on an AVX2 core (Zen 3: 32 B
+# per cycle). This kernel is BLIS's outer-product form instead (Goto & van de Geijn, "Anatomy of high-performance
+# matrix multiplication", 2008; BLIS's haswell 6 x 16 sgemm kernel): x is packed once per matmul into panels
+# ``xp[p, k, l] = x[16 p + l, k]`` (16 x rows side by side along k, zero past the last row), and each step k
+# multiplies 2 vectors of the panel (16 x rows) by 6 broadcast weights: 12 FMAs from 2 vector loads and 6 scalar
+# ones, the 12 accumulators of 6 weight rows x 16 x rows kept in registers. Weights are read in place: 6 rows at
+# a time widened to float32 (bf16 bits shifted, f16 by vcvtph2ps: ``tiles.as_f32``) into a per-thread buffer.
+#
+# Twin: ``x @ widen(W).T`` (``tests/test_kernel_twins.py``; ``tiles.gemm_4x3`` is the other AVX2 path). Any
+# ``in``: the vectors run along x's rows, not along k.
+PANEL_ROWS = 6     # weight rows per tile of gemm_panels (the broadcasts)
+PANEL_LANES = 16   # x rows per panel: two 8-float vectors
+
+
+@njit(cache=True, parallel=True)
+def pack_x(x, xp):
+    """x (M, K) float32 -> its panels xp (ceil(M / 16), K, 16): xp[p, k, l] = x[16 p + l, k], 0 past row M."""
+    M, K = x.shape
+    for p in prange(xp.shape[0]):
+        n = min(PANEL_LANES, M - PANEL_LANES * p)
+        if n < PANEL_LANES:
+            xp[p] = 0
+        for l in range(n):
+            r = PANEL_LANES * p + l
+            for k in range(K):
+                xp[p, k, l] = x[r, k]
+
+
+if not JIT_DISABLED:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    from .vrows import counted_loop, splat, vec
+
+    _I64, _F32 = ir.IntType(64), ir.FloatType()
+    _F8 = vec(_F32, 8)
+
+    @intrinsic
+    def _tile(typingctx, wf, xp, p, tmp):
+        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < 6, l < 16 (wf (6, K), xp (P, K, 16), tmp (6, 16) float32,
+        all C-contiguous)."""
+        sig = types.void(wf, xp, p, tmp)
+
+        def codegen(context, builder, signature, args):
+            b = builder
+            wa, xa, pa, ta = args
+            arr = lambda t, a: context.make_array(t)(context, b, a)  # noqa: E731
+            W, X, T = arr(signature.args[0], wa), arr(signature.args[1], xa), arr(signature.args[3], ta)
+            K = b.extract_value(W.shape, 1)
+            f32p = _F32.as_pointer()
+            wrows = [b.gep(b.bitcast(W.data, f32p), [b.mul(ir.Constant(_I64, a), K)]) for a in range(PANEL_ROWS)]
+            panel = b.gep(b.bitcast(X.data, f32p), [b.mul(b.mul(pa, K), ir.Constant(_I64, PANEL_LANES))])
+            fma = b.module.declare_intrinsic("llvm.fma.v8f32", fnty=ir.FunctionType(_F8, [_F8] * 3))
+
+            def body(k, accs):
+                at = b.gep(panel, [b.mul(k, ir.Constant(_I64, PANEL_LANES))])
+                lo = b.load(b.bitcast(at, _F8.as_pointer()), align=4)
+                hi = b.load(b.bitcast(b.gep(at, [ir.Constant(_I64, 8)]), _F8.as_pointer()), align=4)
+                out = []
+                for a in range(PANEL_ROWS):
+                    s = splat(b, b.load(b.gep(wrows[a], [k])), 8)
+                    out += [b.call(fma, [s, lo, accs[2 * a]]), b.call(fma, [s, hi, accs[2 * a + 1]])]
+                return out
+
+            zero = ir.Constant(_F8, [0.0] * 8)
+            accs = counted_loop(b, ir.Constant(_I64, 0), K, [zero] * (2 * PANEL_ROWS), body)
+            t = b.bitcast(T.data, f32p)
+            for e, v in enumerate(accs):  # accumulator 2a + h: lanes 8h .. 8h + 7 of row a
+                b.store(v, b.bitcast(b.gep(t, [ir.Constant(_I64, 8 * e)]), _F8.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+else:
+    def _tile(wf, xp, p, tmp):
+        """Plain Python twin of the IR tile (NUMBA_DISABLE_JIT)."""
+        tmp[...] = wf @ xp[p]
+
+
+@njit(cache=True, parallel=True)
+def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
+    """out[:M, col0:col0 + N] = x @ W.T from x's panels ``xp`` (``pack_x``) and W (N, K): bf16 bits (uint16),
+    f16 bits (int16) or float32. Parallel over groups of 6 weight rows, shared dynamically; each thread widens
+    its group into wbuf[thread] (6, K) and takes a tile's sums in tbuf[thread] (6, 16)."""
+    P, K = xp.shape[0], xp.shape[1]
+    N = w.shape[0]
+    for g in prange((N + PANEL_ROWS - 1) // PANEL_ROWS):
+        j = g * PANEL_ROWS
+        n = min(PANEL_ROWS, N - j)
+        wf, tmp = wbuf[get_thread_id()], tbuf[get_thread_id()]
+        if n < PANEL_ROWS:
+            wf[n:] = 0
+        for a in range(n):
+            for k in range(K):
+                wf[a, k] = as_f32(w[j + a, k])
+        for p in range(P):
+            _tile(wf, xp, p, tmp)
+            for l in range(min(PANEL_LANES, M - PANEL_LANES * p)):
+                for a in range(n):
+                    out[PANEL_LANES * p + l, col0 + j + a] = tmp[a, l]
+
+
+#: gemm_avx2 takes the broadcast kernel from this many x rows (fewer: the 4 x 3 tiles, faster there: the
+#: panels' packing and the weights' widening are repaid by the rows), and packs x in blocks of this many rows
+#: (a block's panels stay in the L3 while every weight group passes over them). BENCHMARKS.md "Round 4".
+BROADCAST_MIN_ROWS = 48
+BROADCAST_ROW_BLOCK = 512
+
+
+def gemm_broadcast(x, w, row_block, out, col0):
+    """``gemm_4x4``'s arguments and result by ``pack_x`` + ``gemm_panels`` for every row (``row_block``
+    unused: x goes in blocks of ``BROADCAST_ROW_BLOCK``)."""
+    M, K = x.shape
+    threads = numba.config.NUMBA_NUM_THREADS
+    # per-thread buffers reused across calls: a fresh large array page-faults on first write (see above)
+    wbuf = scratch(threads * PANEL_ROWS * K, "widened").reshape(threads, PANEL_ROWS, K)
+    tbuf = scratch(threads * PANEL_ROWS * PANEL_LANES, "sums").reshape(threads, PANEL_ROWS, PANEL_LANES)
+    for i0 in range(0, M, BROADCAST_ROW_BLOCK):
+        i1 = min(i0 + BROADCAST_ROW_BLOCK, M)
+        P = (i1 - i0 + PANEL_LANES - 1) // PANEL_LANES
+        xp = scratch(P * K * PANEL_LANES, "panels").reshape(P, K, PANEL_LANES)
+        pack_x(x[i0:i1], xp)
+        gemm_panels(xp, np.int64(i1 - i0), w, out[i0:i1], col0, wbuf, tbuf)
+
+
+def gemm_avx2(x, w, row_block, out, col0):
+    """The AVX2 host's GEMM: the broadcast kernel on whole panels of 16 x rows when there are
+    ``BROADCAST_MIN_ROWS`` or more, ``gemm_4x3`` on the rest."""
+    M = x.shape[0]
+    whole = M // PANEL_LANES * PANEL_LANES if M >= BROADCAST_MIN_ROWS else 0
+    if whole:
+        gemm_broadcast(x[:whole], w, row_block, out, col0)
+    if whole < M:
+        gemm_4x3(x[whole:], w, row_block, out[whole:], col0)
+
+
+#: vector registers of this host's ISA (AVX-512: 32, AVX2: 16), which pick the GEMM's tile (one probe,
+#: ``jit.cpu_features``: ``PYCOHERE_MASK_CPU_FEATURES=avx512f`` runs the AVX2 choice on an AVX-512 host)
+VECTOR_REGISTERS = 32 if "avx512f" in cpu_features() else 16
+#: the prefill GEMM of this host (every caller takes this one)
+gemm = gemm_4x4 if VECTOR_REGISTERS == 32 else gemm_avx2
 
 
 #: gemm's x rows per pass: 128 rows of a 2048-wide x are 1 MiB (the L2 of a Zen 5 core).
