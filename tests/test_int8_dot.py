@@ -110,6 +110,15 @@ def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q5_k") is None  # no integer kernel
 
 
+def test_the_float_prefill_starts_at_the_broadcast_kernels_rows():
+    """AVX2 hosts (no 512-bit integer tiles): integer rows below tiles.BROADCAST_MIN_ROWS rows, the float GEMM
+    from there; AVX-512 VNNI hosts keep their integer tiles at every size."""
+    from pycohere.kernels import dispatch, irows, tiles
+    assert not dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS - 1)
+    assert dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS) is (tiles.AVX2_TILES and not irows.TILES)
+    assert not (irows.TILES and tiles.AVX2_TILES)  # the 512-bit tiles need AVX-512, the AVX2 GEMM its absence
+
+
 @pytest.mark.parametrize("scheme", int8_dot.SCHEMES)
 def test_a_prefill_takes_the_float_gemm_where_that_measured_faster(scheme, monkeypatch):
     """Under activations="llama.cpp" a matmul of many rows runs the float GEMM on the rounded activations

@@ -272,13 +272,14 @@ def test_blocked_attention_runs_in_a_forked_child():
     assert done[0] == b"ok", f"the forked child answered {done[0]!r} (None: it hung)"
 
 
-@pytest.mark.parametrize("kernel", ["4x4", "4x3", "avx2"])
+@pytest.mark.parametrize("kernel", ["4x4", "4x3", "avx2", "broadcast"])
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), M=st.integers(2, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
        row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16", "F32"]))
 def test_prefill_matmul_equals_the_spec(kernel, seed, M, out_dim, in_dim, row_block, storage):
-    """tiles.gemm's kernels, every one on every host (4 x 4 tiles for 32 vector registers; for 16, the
-    broadcast kernel on whole panels of 16 x rows, in blocks, and 4 x 3 tiles on the rest), on the weights
+    """tiles.gemm's kernels, every one on every host (4 x 4 tiles; for AVX2, the broadcast kernel on whole
+    panels of 16 x rows, in blocks, and 4 x 3 tiles on the rest; the broadcast kernel alone on every row,
+    the last panel partial), on the weights
     in place (bf16 bits shifted, f16 bits by vcvtph2ps, float32), with every remainder (M % 4 or % 16,
     out % 4, % 3 or % 6, x row blocks of any size): all give the spec's x @ widen(W).T."""
     rng = np.random.default_rng(seed)
@@ -297,6 +298,26 @@ def test_prefill_matmul_equals_the_spec(kernel, seed, M, out_dim, in_dim, row_bl
     want = x @ widen(raw, storage).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 70), out_dim=st.integers(1, 40), in_dim=st.integers(1, 40),
+       tile=st.integers(1, 400))
+def test_tiled_matmul_packs_x_once_for_every_tile(seed, M, out_dim, in_dim, tile):
+    """tiled_matmul (the quantized prefill: rows dequantized tile by tile) with the AVX2 GEMM forced on any
+    host: from BROADCAST_MIN_ROWS rows x is packed once and every tile multiplied by gemm_panels, with a
+    partial last panel (M % 16) and tile (out % rows); fewer rows take gemm_avx2 per tile. All equal x @ W.T."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    x = rng.standard_normal((M, in_dim)).astype(np.float32)
+    saved = tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS
+    tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS = tiles.gemm_avx2, 33, tile
+    try:
+        got = tiles.tiled_matmul(x, out_dim, in_dim, lambda r0, r1, t: t.__setitem__(..., w[r0:r1]), 1 << 20)
+    finally:
+        tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS = saved
+    want = x @ w.T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
 
 
 def test_scratch_is_per_thread():

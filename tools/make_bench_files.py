@@ -49,7 +49,11 @@ def main(argv=None) -> None:
         return
     import ctypes
 
-    import llama_cpp  # the optional peer: pip install llama-cpp-python (BENCHMARKS.md says how it was built)
+    try:
+        import llama_cpp  # the optional peer (BENCHMARKS.md says how it was built)
+    except ImportError:
+        raise SystemExit("q4_k_m.gguf and q6_k.gguf need llama.cpp's quantizer: pip install llama-cpp-python "
+                         "(built from source, see BENCHMARKS.md), or pass --skip-llama-cpp") from None
     src = out / "bf16.gguf"
     run(py, "-m", "pycohere", "convert", str(ckpt), str(src), "--type", "bf16", "-q", "--force")
     try:

@@ -80,11 +80,12 @@ def _bf16_dot_raw(w: "LlamaCppActivations"):
 
 def _float_prefill(rows: int) -> bool:
     """Whether a matmul of ``rows`` input rows under ``activations="llama.cpp"`` runs the float GEMM on the rounded
-    activations (the spec read literally) rather than integer rows: on hosts without the 512-bit integer
-    tiles (AVX2), from ``tiles.BROADCAST_MIN_ROWS`` rows, where the broadcast GEMM on dequantized tiles
-    measured faster (BENCHMARKS.md "Round 4": q8_0 1.7x, q4_0 / q6_k 1.2-1.4x at 512 rows)."""
+    activations (the spec read literally; quantized weights: dequantized tiles, then ``tiles.gemm``) rather
+    than integer rows (``int8_dot``): on AVX2 hosts (``tiles.AVX2_TILES``, where the 512-bit integer tiles do not
+    exist), from ``tiles.BROADCAST_MIN_ROWS`` rows, where the broadcast GEMM measured faster (BENCHMARKS.md
+    "Round 4")."""
     from . import irows, tiles
-    return not irows.TILES and tiles.VECTOR_REGISTERS == 16 and rows >= tiles.BROADCAST_MIN_ROWS
+    return tiles.AVX2_TILES and not irows.TILES and rows >= tiles.BROADCAST_MIN_ROWS
 
 
 def prefill_path(w: Weight) -> str:
@@ -98,16 +99,18 @@ def prefill_path(w: Weight) -> str:
         if _bf16_dot_raw(w) is not None:
             return "bf16 dot products (vdpbf16ps, kernels.bf16_dot)"
         has_codes = getattr(w.weight, "arrays", {}).get("qweight") is not None
-        if _float_prefill(tiles.BROADCAST_MIN_ROWS) and w.storage in int8_dot.SCHEMES + iquant.SCHEMES:
-            return (f"float GEMM (kernels.tiles.{tiles.gemm.__name__}) on the rounded activations from "
-                    f"{tiles.BROADCAST_MIN_ROWS} input rows, integer rows below")
         if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE and has_codes:
+            if _float_prefill(tiles.BROADCAST_MIN_ROWS):
+                return (f"dequantized tiles, then kernels.tiles.{tiles.gemm.__name__}, on the rounded activations "
+                        f"from {tiles.BROADCAST_MIN_ROWS} input rows; integer rows, four activation rows per "
+                        f"weight pass ({irows.isa()}), below")
             tiled = irows.TILES and int8_dot.SCHEMES.index(w.storage) in int8_dot.TILE_KINDS
             return (f"integer GEMM on repacked 16-row tiles from {int8_dot.TILE_MIN_ROWS} input rows (vpdpbusd, "
                     "kernels.int8_dot)" if tiled
                     else f"integer rows, four activation rows per weight pass ({irows.isa()})")
         if w.storage in iquant.SCHEMES and iquant.AVAILABLE and has_codes:
-            return "integer rows on Q8 codes (kernels.iquant)"
+            return (f"integer rows on Q8 codes (kernels.iquant) up to {iquant.GEMV_MAX_ROWS} input rows, "
+                    "float kernels on the rounded activations beyond")
         return "float kernels on the rounded activations"
     if isinstance(w, DenseWeight):
         if w.raw is None:

@@ -49,8 +49,8 @@ def _fast_matmul(w, x):
 
 
 def _gemm_variant(kernel):
-    """x @ W.T by one of ``tiles``' GEMM tiles itself: both run on every host (``tiles.gemm`` is the host's
-    pick, which ``_fast_matmul`` reaches for more rows than the GEMV takes)."""
+    """x @ W.T by one of ``tiles``' GEMM kernels itself: every one runs on every host (``tiles.gemm`` is the
+    host's pick, which ``_fast_matmul`` reaches for more rows than the GEMV takes)."""
     def fast(w, x):
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         raw = w.raw.view(np.int16) if w.storage == "F16" else w.raw      # f16 bits: vcvtph2ps in as_f32
@@ -185,7 +185,7 @@ def _fast_decode_step(params, dims, x, cos, sin, kv_valid, cache):
 # storage: (the matmul's kernels, the row gather's)
 DENSE_KERNELS = {"BF16": ((dense.gemv_bf16, tiles.gemm), (dense.widen_bf16,)),
                  "F16": ((dense.gemv_f16, tiles.gemm), (dense.widen_f16,)),
-                 "F32": ((dense.gemv_f32, tiles.gemm), ())}  # (tiles.gemm: the host's tile; both below)
+                 "F32": ((dense.gemv_f32, tiles.gemm), ())}  # (tiles.gemm: the host's pick; each kernel below)
 QUANT_KERNELS = {
     "int8": (quant.gemv_int8, quant.dequant_int8), "int4": (quant.gemv_int4, quant.dequant_int4),
     "int4-asym": (quant.gemv_int4, quant.dequant_int4_asym), "nf4": (quant.gemv_nf4, quant.dequant_nf4),

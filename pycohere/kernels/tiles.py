@@ -1,8 +1,8 @@
 """Prefill matmuls (more than a few input rows): ``gemm``, a register-tiled GEMM in Numba that reads bf16,
 f16 or float32 weights in place, and ``tiled_matmul`` for weights it cannot read (quantized): rows
 widened (or dequantized) tile by tile into one reused per-thread buffer, each tile multiplied by ``gemm``.
-``gemm`` is ``gemm_4x4`` on AVX-512 hosts and ``gemm_avx2`` (``gemm_broadcast`` + ``gemm_4x3``) on AVX2 ones
-(``VECTOR_REGISTERS``).
+``gemm`` is ``gemm_avx2`` (``gemm_broadcast`` + ``gemm_4x3``) on AVX2 + FMA hosts without AVX-512
+(``AVX2_TILES``: 16 vector registers), else ``gemm_4x4``.
 
 Why a reused buffer of about a MiB, not a fresh 16 MiB tile per call: a fresh large ``np.empty`` is a
 new anonymous mapping, and its first write page-faults every 4 KiB page (the kernel zeroes each), which
@@ -240,7 +240,8 @@ if not JIT_DISABLED:
             f32p = _F32.as_pointer()
             wrows = [b.gep(b.bitcast(W.data, f32p), [b.mul(ir.Constant(_I64, a), K)]) for a in range(PANEL_ROWS)]
             panel = b.gep(b.bitcast(X.data, f32p), [b.mul(b.mul(pa, K), ir.Constant(_I64, PANEL_LANES))])
-            fma = b.module.declare_intrinsic("llvm.fma.v8f32", fnty=ir.FunctionType(_F8, [_F8] * 3))
+            # fmuladd: one vfmadd where the CPU has FMA (always, where this kernel is chosen), else mul + add
+            fma = b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(_F8, [_F8] * 3))
 
             def body(k, accs):
                 at = b.gep(panel, [b.mul(k, ir.Constant(_I64, PANEL_LANES))])
@@ -268,7 +269,7 @@ else:
 @njit(cache=True, parallel=True)
 def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
     """out[:M, col0:col0 + N] = x @ W.T from x's panels ``xp`` (``pack_x``) and W (N, K): bf16 bits (uint16),
-    f16 bits (int16) or float32. Parallel over groups of 6 weight rows, shared dynamically; each thread widens
+    f16 bits (int16) or float32. Parallel over groups of 6 weight rows; each thread widens
     its group into wbuf[thread] (6, K) and takes a tile's sums in tbuf[thread] (6, 16)."""
     P, K = xp.shape[0], xp.shape[1]
     N = w.shape[0]
@@ -289,26 +290,40 @@ def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
 
 
 #: gemm_avx2 takes the broadcast kernel from this many x rows (fewer: the 4 x 3 tiles, faster there: the
-#: panels' packing and the weights' widening are repaid by the rows), and packs x in blocks of this many rows
-#: (a block's panels stay in the L3 while every weight group passes over them). BENCHMARKS.md "Round 4".
+#: panels' packing and the weights' widening are repaid by the rows; BENCHMARKS.md "Round 4"), and packs x in
+#: blocks of this many rows (every weight group passes over a block's panels: 4 MiB for a 2048-wide x, which
+#: stay in a Zen 3 L3 of 32 MiB; the chunked prefill's 512 tokens are one block).
 BROADCAST_MIN_ROWS = 48
 BROADCAST_ROW_BLOCK = 512
+#: float32 values per dequantized tile of ``tiled_matmul`` on the broadcast kernel (x packed once)
+PANEL_TILE_ELEMENTS = 1 << 19
+
+
+def _pack(x):
+    """x (M <= BROADCAST_ROW_BLOCK, K) as panels, in this thread's buffer for them (kept for the next call, as
+    ``scratch``'s other slots: at most BROADCAST_ROW_BLOCK * K floats, 64 MiB for K = 33792, Command A's ffn)."""
+    P = (x.shape[0] + PANEL_LANES - 1) // PANEL_LANES
+    xp = scratch(P * x.shape[1] * PANEL_LANES, "panels").reshape(P, x.shape[1], PANEL_LANES)
+    pack_x(x, xp)
+    return xp
+
+
+def _buffers(K: int):
+    """``gemm_panels``' per-thread buffers for rows of K values (reused across calls: a fresh large array
+    page-faults on first write, see above)."""
+    threads = numba.config.NUMBA_NUM_THREADS
+    return (scratch(threads * PANEL_ROWS * K, "widened").reshape(threads, PANEL_ROWS, K),
+            scratch(threads * PANEL_ROWS * PANEL_LANES, "sums").reshape(threads, PANEL_ROWS, PANEL_LANES))
 
 
 def gemm_broadcast(x, w, row_block, out, col0):
     """``gemm_4x4``'s arguments and result by ``pack_x`` + ``gemm_panels`` for every row (``row_block``
     unused: x goes in blocks of ``BROADCAST_ROW_BLOCK``)."""
     M, K = x.shape
-    threads = numba.config.NUMBA_NUM_THREADS
-    # per-thread buffers reused across calls: a fresh large array page-faults on first write (see above)
-    wbuf = scratch(threads * PANEL_ROWS * K, "widened").reshape(threads, PANEL_ROWS, K)
-    tbuf = scratch(threads * PANEL_ROWS * PANEL_LANES, "sums").reshape(threads, PANEL_ROWS, PANEL_LANES)
+    wbuf, tbuf = _buffers(K)
     for i0 in range(0, M, BROADCAST_ROW_BLOCK):
         i1 = min(i0 + BROADCAST_ROW_BLOCK, M)
-        P = (i1 - i0 + PANEL_LANES - 1) // PANEL_LANES
-        xp = scratch(P * K * PANEL_LANES, "panels").reshape(P, K, PANEL_LANES)
-        pack_x(x[i0:i1], xp)
-        gemm_panels(xp, np.int64(i1 - i0), w, out[i0:i1], col0, wbuf, tbuf)
+        gemm_panels(_pack(x[i0:i1]), np.int64(i1 - i0), w, out[i0:i1], col0, wbuf, tbuf)
 
 
 def gemm_avx2(x, w, row_block, out, col0):
@@ -322,11 +337,12 @@ def gemm_avx2(x, w, row_block, out, col0):
         gemm_4x3(x[whole:], w, row_block, out[whole:], col0)
 
 
-#: vector registers of this host's ISA (AVX-512: 32, AVX2: 16), which pick the GEMM's tile (one probe,
-#: ``jit.cpu_features``: ``PYCOHERE_MASK_CPU_FEATURES=avx512f`` runs the AVX2 choice on an AVX-512 host)
-VECTOR_REGISTERS = 32 if "avx512f" in cpu_features() else 16
+#: AVX2 + FMA without AVX-512: 16 vector registers of 8 floats, which the 4 x 4 tile overflows; the broadcast
+#: kernel and the 4 x 3 tiles instead. AVX-512 (32 registers) and hosts without FMA keep ``gemm_4x4``. One
+#: probe (``jit.cpu_features``): ``PYCOHERE_MASK_CPU_FEATURES=avx512f`` runs the AVX2 choice on an AVX-512 host.
+AVX2_TILES = {"avx2", "fma"} <= cpu_features() and "avx512f" not in cpu_features()
 #: the prefill GEMM of this host (every caller takes this one)
-gemm = gemm_4x4 if VECTOR_REGISTERS == 32 else gemm_avx2
+gemm = gemm_avx2 if AVX2_TILES else gemm_4x4
 
 
 #: gemm's x rows per pass: 128 rows of a 2048-wide x are 1 MiB (the L2 of a Zen 5 core).
@@ -338,11 +354,19 @@ def tiled_matmul(x2: np.ndarray, out_dim: int, in_dim: int, fill: Callable, tile
     as float32 into ``tile`` (r1 - r0, in), which ``gemm`` multiplies into columns r0:r1. Tiling over
     rows changes no result: each output is one dot product over the whole row."""
     M = x2.shape[0]
+    # the AVX2 broadcast kernel: x packed once for every tile, and tiles small enough to stay in the cache
+    panels = gemm is gemm_avx2 and BROADCAST_MIN_ROWS <= M <= BROADCAST_ROW_BLOCK
+    if panels:
+        tile_elements = min(tile_elements, PANEL_TILE_ELEMENTS)
+        xp, (wbuf, tbuf) = _pack(x2), _buffers(in_dim)
     rows = max(1, min(out_dim, tile_elements // max(in_dim, 1)))
     w = scratch(rows * in_dim).reshape(rows, in_dim)                 # (rows, in) the widened tile
     out = np.empty((M, out_dim), dtype=np.float32)
     for r0 in range(0, out_dim, rows):
         n = min(rows, out_dim - r0)
         fill(r0, r0 + n, w[:n])
-        gemm(x2, w[:n], np.int64(GEMM_ROW_BLOCK), out, np.int64(r0))
+        if panels:
+            gemm_panels(xp, np.int64(M), w[:n], out, np.int64(r0), wbuf, tbuf)
+        else:
+            gemm(x2, w[:n], np.int64(GEMM_ROW_BLOCK), out, np.int64(r0))
     return out
