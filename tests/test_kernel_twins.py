@@ -142,6 +142,13 @@ def test_kernel_equals_its_twin(twin, seed, rows, out_dim, blocks):
             want = twin.spec(x, twin.case)
             got = twin.fast(x, twin.case)
         np.testing.assert_array_equal(got, want)  # (NaN == NaN here; -0.0 == 0.0)
+    elif twin.kind == "activation":
+        gate = (rng.standard_normal((rows, out_dim * blocks)) * np.exp(rng.uniform(-3, 4))).astype(np.float32)
+        up = rng.standard_normal(gate.shape).astype(np.float32)
+        gate.flat[rng.integers(gate.size, size=3)] = [np.nan, np.inf, -np.inf][seed % 3], -100.0, 0.0
+        with np.errstate(all="ignore"):
+            got, want = twin.fast(gate, up), twin.spec(gate, up)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)
     elif twin.kind == "permute":
         q = rng.integers(0, 256, size=(out_dim, 16 * blocks), dtype=np.uint8)
         perm = rng.permutation(32 * blocks)

@@ -175,6 +175,20 @@ def exp_nonpositive(x):
     return p * u32_as_f32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
 
 
+@njit(cache=True, parallel=True, fastmath=FAST)
+def silu_mul(gate, up):
+    """In place: gate (R, F) <- silu(gate) * up, silu(g) = g / (1 + exp(-g)) written with exp of -|g| only
+    (``exp_nonpositive``, vectorised: g sigmoid(g), sigmoid(g) = 1 / (1 + e) for g >= 0, e / (1 + e) below, e =
+    exp(-|g|)). The prefill's gated-MLP product in one pass over the two (T, F) arrays where NumPy takes
+    three. Twin: ``pycohere.spec.layers.silu(gate) * up``; NaN and infinities as the spec (-inf: NaN)."""
+    for r in prange(gate.shape[0]):
+        for j in range(gate.shape[1]):
+            g = gate[r, j]
+            e = exp_nonpositive(-abs(g))
+            s = (np.float32(1.0) if g >= np.float32(0.0) else e) / (np.float32(1.0) + e)
+            gate[r, j] = g * s * up[r, j]
+
+
 @njit(cache=True, nogil=True, fastmath=FAST)
 def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen):
     """In place: s (R, N) raw scores q.k of R = G * nq query rows (row r is query ``q_index[r % nq]``)

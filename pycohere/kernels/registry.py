@@ -60,6 +60,27 @@ def _gemm_variant(kernel):
     return fast
 
 
+def _spec_bf16_bits(x):
+    from ..io.dtypes import bf16_bits
+    return bf16_bits(x)
+
+
+def _fast_bf16_bits(x):
+    out = np.empty(x.shape, dtype=np.uint16)
+    bf16_dot.bf16_bits(x, out)
+    return out
+
+
+def _spec_silu_mul(gate, up):
+    return L.silu(gate) * up
+
+
+def _fast_silu_mul(gate, up):
+    out = gate.copy()
+    attention.silu_mul(out, up)
+    return out
+
+
 def _spec_rows(w, ids):
     return w.rows(ids, np.float32)
 
@@ -233,6 +254,10 @@ def _twins() -> tuple[Twin, ...]:
              (attention.flash_attention,), "softmax"),
         Twin("attention/blocked", "attention", "float32", _spec_attention, _fast_blocked_attention,
              (attention.masked_softmax_rows,), "softmax"),
+        Twin("activation/silu", "activation", "float32", _spec_silu_mul, _fast_silu_mul, (attention.silu_mul,),
+             "softmax"),
+        # (bf16_dot's activation rounding runs on every host; its GEMM only with AVX512-BF16, below)
+        Twin("round/bf16-bits", "round", "bf16", _spec_bf16_bits, _fast_bf16_bits, (bf16_dot.bf16_bits,)),
         Twin("round/q8_0", "round", "q8_0", _spec_round_q8_0, _fast_round_q8_0, (rounding.quantize_rows,)),
         Twin("round/q8_k", "round", "q8_k", _spec_round_q8_k, _fast_round_q8_k, (rounding.quantize_rows,)),
         Twin("permute/int4", "permute", "int4", _spec_permute, _fast_permute, (hf.permute_codes,)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.attention import fused_attention
+from ..kernels.attention import fused_attention, silu_mul
 from ..spec import layers as L
 from ..spec.params import Dims, ForwardState, LayerParams
 
@@ -25,4 +25,14 @@ def decoder_layer(x: np.ndarray, p: LayerParams, dims: Dims, state: ForwardState
     kv_valid = None if state.kv_valid is None else state.kv_valid[:, start:start + S]  # (B, S)
     o = fused_attention(q, k_all, v_all, state.q_index, start, kv_valid, p.sliding_window)  # (B, T, H, Dh)
     a = L.linear(o.reshape(B, T, dims.H * dims.Dh), p.o_proj, p.o_bias)
-    return x + a + L.mlp(h, p.gate_proj, p.up_proj, p.down_proj, dims.act)
+    return x + a + mlp(h, p, dims.act)
+
+
+def mlp(h: np.ndarray, p: LayerParams, act: str) -> np.ndarray:
+    """``pycohere.spec.layers.mlp``, with SiLU's product in one compiled pass (``kernels.attention.silu_mul``)."""
+    if act not in ("silu", "swish"):
+        return L.mlp(h, p.gate_proj, p.up_proj, p.down_proj, act)
+    gate = np.ascontiguousarray(L.linear(h, p.gate_proj), dtype=np.float32)   # (B, T, F)
+    up = np.ascontiguousarray(L.linear(h, p.up_proj), dtype=np.float32)       # (B, T, F)
+    silu_mul(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]))  # (B T, F) views, gate in place
+    return L.linear(gate, p.down_proj)
