@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError
-from ..quant.activations import LlamaCppActivations, round_activations
+from ..quant.activations import LlamaCppActivations
 from ..quant.weight import PermutedWeight, QuantizedWeight
 from ..spec.weights import DenseWeight, Weight
 from .jit import cpu_features  # noqa: F401  (the one feature probe; re-exported)
@@ -168,7 +168,7 @@ def fast_weight(w: Weight) -> Weight:
 
 def _kernels(w: Weight):
     """(matmul(x float32) -> y, rows(int ids) -> float32 rows) of a spec weight; None where the spec runs."""
-    from . import bf16_dot, dense, int8_dot, iquant, quant
+    from . import bf16_dot, dense, int8_dot, iquant, quant, rounding
     if isinstance(w, DenseWeight):
         if w.raw is None:  # materialized: the spec's one BLAS call is the fast path
             return None, None
@@ -187,7 +187,7 @@ def _kernels(w: Weight):
             def matmul_bf16(x):
                 x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
                 if x2.shape[0] <= dense.DENSE_GEMV_MAX_ROWS["BF16"] or x2.shape[1] != w.shape[1]:
-                    return inner.matmul(round_activations(x, vdt))  # (a wrong width: the spec's own error)
+                    return inner.matmul(rounding.rounded(x, vdt))  # (a wrong width: the spec's own error)
                 return bf16_dot.matmul(x2, raw).reshape(x.shape[:-1] + (w.shape[0],))
             return matmul_bf16, (lambda ids: inner.rows(ids, np.float32))
 
@@ -201,7 +201,7 @@ def _kernels(w: Weight):
                 y = rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
                 if y is not None:
                     return y.reshape(x.shape[:-1] + (w.shape[0],))
-            return inner.matmul(round_activations(x, vdt))
+            return inner.matmul(rounding.rounded(x, vdt))
         return matmul, (lambda ids: inner.rows(ids, np.float32))
     if isinstance(w, PermutedWeight):
         inner, perm, inverse = fast_weight(w.inner), w.perm, w.inverse

@@ -130,9 +130,7 @@ def _spec_round_rows(x, vec_dot_type):
 
 
 def _fast_round_rows(x, vec_dot_type):
-    out = np.array(x, dtype=np.float32, copy=True)
-    rounding.round_rows(out, rounding.CODES[vec_dot_type])
-    return out
+    return rounding.rounded(x, vec_dot_type)  # round_rows (the decode step's) on the rows in parallel
 
 
 def _spec_rounded_matmul(w, x):
@@ -264,7 +262,8 @@ def _twins() -> tuple[Twin, ...]:
     ]
     # activations="llama.cpp": the decode step rounds its matmul inputs (kernels.rounding), then runs the
     # same block kernels; its twin is the spec step over LlamaCppActivations weights
-    twins += [Twin(f"round-rows/{v}", "round-rows", v, _spec_round_rows, _fast_round_rows, (rounding.round_rows,))
+    twins += [Twin(f"round-rows/{v}", "round-rows", v, _spec_round_rows, _fast_round_rows,
+                   (rounding.round_rows, rounding.round_rows_parallel))
               for v in ("f16", "bf16", "q8_0", "q8_k")]
     for kind in decode.KIND_NAMES[:decode.Q8_0_Q8]:
         if VEC_DOT_TYPE.get(kind):  # on AVX2 hosts q8_0, q4_0, q4_k, q6_k run their integer rows here

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import f32_as_u32, njit, round_f16, u32_as_f32
+from .jit import f32_as_u32, njit, prange, round_f16, u32_as_f32
 
 NONE, F16, BF16, Q8_0, Q8_K = range(5)
 #: ``pycohere.quant.activations.VEC_DOT_TYPE`` values -> the codes of ``round_rows``
@@ -53,6 +53,29 @@ def round_rows(x, mode):
                     if q > 127:  # (not min(): a NaN must stay NaN)
                         q = np.float32(127.0)
                     x[r, l] = d * q
+
+
+@njit(cache=True, parallel=True)
+def round_rows_parallel(x, mode):
+    """``round_rows`` with the rows shared by the threads (a prefill's matmul input)."""
+    for r in prange(x.shape[0]):
+        round_rows(x[r:r + 1], mode)
+
+
+#: values per rounded block of each vec_dot type (a row's width must be a multiple)
+BLOCK = {"f16": 1, "bf16": 1, "q8_0": 32, "q8_k": 256}
+
+
+def rounded(x: np.ndarray, vec_dot_type: str) -> np.ndarray:
+    """``pycohere.quant.activations.round_activations(x, vec_dot_type)`` for float32 x, compiled and bit for bit
+    (twins ``round-rows/*``); the spec itself where the width does not divide into blocks (its own error)."""
+    from ..quant.activations import round_activations
+    code = CODES.get(vec_dot_type)
+    if code is None or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] % BLOCK[vec_dot_type]:
+        return round_activations(x, vec_dot_type)
+    out = np.array(x, dtype=np.float32, copy=True)
+    round_rows_parallel(out.reshape(-1, x.shape[-1]), code)
+    return out
 
 
 @njit(cache=True, inline="always")
