@@ -66,6 +66,18 @@ def scratch(n: int, slot: str = "tile") -> np.ndarray:
     return buf[:n]
 
 
+@njit(cache=True, inline="always", fastmath=FAST)
+def _dots(x, w, j0, j1, i0, i1, out, col0):
+    """out[i, col0 + j] = x[i] . W[j] for rows i0..i1 of x and j0..j1 of W, one dot product each (the GEMMs'
+    last weight rows, fewer than a tile)."""
+    for jj in range(j0, j1):
+        for i in range(i0, i1):
+            c = np.float32(0.0)
+            for k in range(x.shape[1]):
+                c += x[i, k] * as_f32(w[jj, k])
+            out[i, col0 + jj] = c
+
+
 @njit(cache=True, parallel=True, fastmath=FAST)
 def gemm_4x4(x, w, row_block, out, col0):
     """out[:, col0:col0 + N] = x @ W.T for x (M, in) float32 and W (N, in): bf16 bits (uint16), f16 bits (int16)
@@ -122,12 +134,7 @@ def gemm_4x4(x, w, row_block, out, col0):
                         c3 += a * as_f32(w[j + 3, k])
                     out[i, o], out[i, o + 1], out[i, o + 2], out[i, o + 3] = c0, c1, c2, c3
             else:  # the last N % 4 weight rows: one dot product each
-                for jj in range(j, N):
-                    for i in range(i0, i1):
-                        c = np.float32(0.0)
-                        for k in range(K):
-                            c += x[i, k] * as_f32(w[jj, k])
-                        out[i, col0 + jj] = c
+                _dots(x, w, j, N, i0, i1, out, col0)
 
 
 @njit(cache=True, parallel=True, fastmath=FAST)
@@ -177,12 +184,7 @@ def gemm_4x3(x, w, row_block, out, col0):
                         c2 += a * as_f32(w[j + 2, k])
                     out[i, o], out[i, o + 1], out[i, o + 2] = c0, c1, c2
             else:  # the last N % 3 weight rows: one dot product each
-                for jj in range(j, N):
-                    for i in range(i0, i1):
-                        c = np.float32(0.0)
-                        for k in range(K):
-                            c += x[i, k] * as_f32(w[jj, k])
-                        out[i, col0 + jj] = c
+                _dots(x, w, j, N, i0, i1, out, col0)
 
 
 # --- the broadcast micro-kernel (``gemm_broadcast``), for hosts with 16 vector registers (AVX2) ------------------
