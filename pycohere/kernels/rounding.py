@@ -70,11 +70,10 @@ def rounded(x: np.ndarray, vec_dot_type: str) -> np.ndarray:
     """``pycohere.quant.activations.round_activations(x, vec_dot_type)`` for float32 x, compiled and bit for bit
     (twins ``round-rows/*``); the spec itself where the width does not divide into blocks (its own error)."""
     from ..quant.activations import round_activations
-    code = CODES.get(vec_dot_type)
-    if code is None or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] % BLOCK[vec_dot_type]:
-        return round_activations(x, vec_dot_type)
+    if vec_dot_type not in BLOCK or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] % BLOCK[vec_dot_type]:
+        return round_activations(x, vec_dot_type)  # (None: F32 weights, x as it is)
     out = np.array(x, dtype=np.float32, copy=True)
-    round_rows_parallel(out.reshape(-1, x.shape[-1]), code)
+    round_rows_parallel(out.reshape(-1, x.shape[-1]), CODES[vec_dot_type])
     return out
 
 
