@@ -92,10 +92,17 @@ def dense_matmul(x: np.ndarray, raw: np.ndarray, storage: str) -> np.ndarray:
         else:
             y = gemv_f32(x2, raw)
         return y.reshape(lead + (raw.shape[0],))
+    return gemm_rows(x2, raw, storage).reshape(lead + (raw.shape[0],))
+
+
+def gemm_rows(x2: np.ndarray, raw: np.ndarray, storage: str, kernel=None) -> np.ndarray:
+    """x2 (M, in) float32 @ W.T by a prefill GEMM on W's bits in place: ``tiles.gemm`` (the host's pick), or
+    ``kernel``, one of the others with its arguments (the twins run each on every host)."""
     out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
     # f16 bits as an int16 view: tiles.as_f32 widens them in registers (vcvtph2ps), bf16's uint16 by a shift
-    tiles.gemm(x2, raw.view(np.int16) if storage == "F16" else raw, np.int64(tiles.GEMM_ROW_BLOCK), out, np.int64(0))
-    return out.reshape(lead + (raw.shape[0],))
+    (kernel or tiles.gemm)(x2, raw.view(np.int16) if storage == "F16" else raw, np.int64(tiles.GEMM_ROW_BLOCK),
+                           out, np.int64(0))
+    return out
 
 
 def gather_rows(raw: np.ndarray, storage: str, ids: np.ndarray) -> np.ndarray:

@@ -53,10 +53,7 @@ def _gemm_variant(kernel):
     host's pick, which ``_fast_matmul`` reaches for more rows than the GEMV takes)."""
     def fast(w, x):
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-        raw = w.raw.view(np.int16) if w.storage == "F16" else w.raw      # f16 bits: vcvtph2ps in as_f32
-        out = np.empty((x2.shape[0], raw.shape[0]), dtype=np.float32)
-        kernel(x2, raw, np.int64(tiles.GEMM_ROW_BLOCK), out, np.int64(0))
-        return out.reshape(x.shape[:-1] + (raw.shape[0],))
+        return dense.gemm_rows(x2, w.raw, w.storage, kernel).reshape(x.shape[:-1] + (w.shape[0],))
     return fast
 
 
