@@ -2,6 +2,7 @@
 
 The oracle of every chunked result is the same model with ``prefill_chunk_size=0`` (the whole prompt in
 one pass, the path every other parity test checks against the spec and transformers)."""
+import functools
 import os
 
 import numpy as np
@@ -272,50 +273,67 @@ def test_blocked_attention_runs_in_a_forked_child():
     assert done[0] == b"ok", f"the forked child answered {done[0]!r} (None: it hung)"
 
 
-@pytest.mark.parametrize("kernel", ["4x4", "4x3", "avx2", "broadcast"])
+_SHAPES = {"6x16": tiles.PANELS_AVX2, "12x32": tiles.PANELS_AVX512}
+
+
+def _kernel(name):
+    """A GEMM of ``tiles`` by test name, with the panel shape it runs (the host's for the 4 x 4 / 4 x 3 tiles)."""
+    kind, _, shape = name.partition("-")
+    if kind == "broadcast":
+        return functools.partial(tiles.gemm_broadcast, shape=_SHAPES[shape]), _SHAPES[shape]
+    if kind == "host":
+        return tiles.gemm_host, _SHAPES[shape]
+    return getattr(tiles, f"gemm_{kind}"), tiles.PANELS
+
+
+@pytest.mark.parametrize("kernel", ["4x4", "4x3", "host-6x16", "host-12x32", "broadcast-6x16", "broadcast-12x32"])
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), M=st.integers(2, 40), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(2, 70), out_dim=st.integers(1, 50), in_dim=st.integers(1, 40),
        row_block=st.integers(1, 12), storage=st.sampled_from(["BF16", "F16", "F32"]))
 def test_prefill_matmul_equals_the_spec(kernel, seed, M, out_dim, in_dim, row_block, storage):
-    """tiles.gemm's kernels, every one on every host (4 x 4 tiles; for AVX2, the broadcast kernel on whole
-    panels of 16 x rows, in blocks, and 4 x 3 tiles on the rest; the broadcast kernel alone on every row,
-    the last panel partial), on the weights
-    in place (bf16 bits shifted, f16 bits by vcvtph2ps, float32), with every remainder (M % 4 or % 16,
-    out % 4, % 3 or % 6, x row blocks of any size): all give the spec's x @ widen(W).T."""
+    """tiles.gemm's kernels, every one on every host with either broadcast tile (AVX2's 6 x 16, AVX-512's
+    12 x 32): the 4 x 4 and 4 x 3 tiles; gemm_host, the broadcast kernel on whole panels of x rows, in blocks,
+    and dot-product tiles on the rest; the broadcast kernel alone on every row, the last panel partial; on
+    the weights in place (bf16 bits shifted, f16 bits by vcvtph2ps, float32), with every remainder (M % 4, % 16
+    or % 32, out % 3, % 4, % 6 or % 12, x row blocks of any size): all give the spec's x @ widen(W).T."""
     rng = np.random.default_rng(seed)
     w32 = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     raw = bf16_bits(w32) if storage == "BF16" else w32.astype(np.float16) if storage == "F16" else w32
     x = rng.standard_normal((M, in_dim)).astype(np.float32)
-    saved = tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK
-    # avx2: the broadcast kernel from 1 row, x in blocks of 16 row_block rows (1 to 12 panels)
-    tiles.GEMM_ROW_BLOCK, tiles.gemm = row_block, getattr(tiles, f"gemm_{kernel}")
-    tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK = 1, 16 * row_block
+    saved = tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK, tiles.PANELS
+    gemm, shape = _kernel(kernel)
+    # the broadcast kernel from 1 row, x in blocks of row_block panels (1 to 12)
+    tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.PANELS = row_block, gemm, shape
+    tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK = 1, shape[1] * row_block
     try:
         got = KD.dense_matmul(x, raw, storage)
         again = KD.dense_matmul(x[: M - 1], raw, storage)
     finally:
-        tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK = saved
+        tiles.GEMM_ROW_BLOCK, tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.BROADCAST_ROW_BLOCK, tiles.PANELS = saved
     want = x @ widen(raw, storage).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     np.testing.assert_allclose(again, want[: M - 1], rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
 
 
+@pytest.mark.parametrize("shape", ["6x16", "12x32"])
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 70), out_dim=st.integers(1, 40), in_dim=st.integers(1, 40),
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 90), out_dim=st.integers(1, 40), in_dim=st.integers(1, 40),
        tile=st.integers(1, 400))
-def test_tiled_matmul_packs_x_once_for_every_tile(seed, M, out_dim, in_dim, tile):
-    """tiled_matmul (the quantized prefill: rows dequantized tile by tile) with the AVX2 GEMM forced on any
-    host: from BROADCAST_MIN_ROWS rows x is packed once and every tile multiplied by gemm_panels, with a
-    partial last panel (M % 16) and tile (out % rows); fewer rows take gemm_avx2 per tile. All equal x @ W.T."""
+def test_tiled_matmul_packs_x_once_for_every_tile(shape, seed, M, out_dim, in_dim, tile):
+    """tiled_matmul (the quantized prefill: rows dequantized tile by tile) with gemm_host and either broadcast
+    tile forced on any host: from BROADCAST_MIN_ROWS rows x is packed once and every tile multiplied by
+    gemm_panels, with a partial last panel (M % 16 or % 32) and tile (out % rows); fewer rows take gemm_host
+    per tile. All equal x @ W.T."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     x = rng.standard_normal((M, in_dim)).astype(np.float32)
-    saved = tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS
-    tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS = tiles.gemm_avx2, 33, tile
+    saved = tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS, tiles.PANELS
+    tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS, tiles.PANELS = (tiles.gemm_host, 33, tile,
+                                                                                     _SHAPES[shape])
     try:
         got = tiles.tiled_matmul(x, out_dim, in_dim, lambda r0, r1, t: t.__setitem__(..., w[r0:r1]), 1 << 20)
     finally:
-        tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS = saved
+        tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS, tiles.PANELS = saved
     want = x @ w.T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
 

@@ -15,6 +15,8 @@ not dyadic (nf4, fp4) and for rounded activations; ``"softmax"``: within 1e-5 re
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -220,9 +222,10 @@ def _twins() -> tuple[Twin, ...]:
     for storage, (kernels, row_kernels) in DENSE_KERNELS.items():
         twins.append(Twin(f"matmul/{storage}", "matmul", storage, _spec_matmul, _fast_matmul, kernels))
         twins.append(Twin(f"rows/{storage}", "rows", storage, _spec_rows, _fast_rows, row_kernels))
+        broadcast = tuple((f"broadcast-{r}x{lanes}", functools.partial(tiles.gemm_broadcast, shape=(r, lanes, v)),
+                           (tiles.pack_x, tiles.gemm_panels)) for r, lanes, v in tiles.PANEL_SHAPES)
         for name, gemm, kernels in (("4x4", tiles.gemm_4x4, (tiles.gemm_4x4,)),
-                                    ("4x3", tiles.gemm_4x3, (tiles.gemm_4x3,)),
-                                    ("broadcast", tiles.gemm_broadcast, (tiles.pack_x, tiles.gemm_panels))):
+                                    ("4x3", tiles.gemm_4x3, (tiles.gemm_4x3,))) + broadcast:
             twins.append(Twin(f"gemm-{name}/{storage}", "matmul", storage, _spec_matmul, _gemm_variant(gemm), kernels))
     kq = {"q4_k": (kquant.gemv_q4_k, kquant.dequant_q4_k), "q6_k": (kquant.gemv_q6_k, kquant.dequant_q6_k),
           "q5_0": (kquant.dequant_q5_0,), "q5_1": (kquant.dequant_q5_1,), "q2_k": (kquant.dequant_q2_k,),

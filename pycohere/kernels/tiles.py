@@ -1,8 +1,9 @@
 """Prefill matmuls (more than a few input rows): ``gemm``, a register-tiled GEMM in Numba that reads bf16,
 f16 or float32 weights in place, and ``tiled_matmul`` for weights it cannot read (quantized): rows
 widened (or dequantized) tile by tile into one reused per-thread buffer, each tile multiplied by ``gemm``.
-``gemm`` is ``gemm_avx2`` (``gemm_broadcast`` + ``gemm_4x3``) on AVX2 + FMA hosts without AVX-512
-(``AVX2_TILES``: 16 vector registers), else ``gemm_4x4``.
+``gemm`` is ``gemm_host`` on hosts with FMA: ``gemm_broadcast`` (BLIS's outer-product micro-kernel, in the
+tile shape of the host's registers: 6 x 16 on AVX2, 12 x 32 on AVX-512) from ``BROADCAST_MIN_ROWS`` x rows, and
+dot-product tiles on fewer (``gemm_4x3`` with 16 vector registers, ``gemm_4x4`` with 32); else ``gemm_4x4``.
 
 Why a reused buffer of about a MiB, not a fresh 16 MiB tile per call: a fresh large ``np.empty`` is a
 new anonymous mapping, and its first write page-faults every 4 KiB page (the kernel zeroes each), which
@@ -187,34 +188,43 @@ def gemm_4x3(x, w, row_block, out, col0):
                 _dots(x, w, j, N, i0, i1, out, col0)
 
 
-# --- the broadcast micro-kernel (``gemm_broadcast``), for hosts with 16 vector registers (AVX2) ------------------
-# ``tiles.gemm_4x3`` forms dot products along ``in`` (tinyBLAS): per step of 8 values it loads 4 x vectors and 3
-# weight vectors for 12 FMAs, ~176 bytes from L2 per 6 cycles, which is the L2's rate on an AVX2 core (Zen 3: 32 B
-# per cycle). This kernel is BLIS's outer-product form instead (Goto & van de Geijn, "Anatomy of high-performance
-# matrix multiplication", 2008; BLIS's haswell 6 x 16 sgemm kernel): x is packed once per matmul into panels
-# ``xp[p, k, l] = x[16 p + l, k]`` (16 x rows side by side along k, zero past the last row), and each step k
-# multiplies 2 vectors of the panel (16 x rows) by 6 broadcast weights: 12 FMAs from 2 vector loads and 6 scalar
-# ones, the 12 accumulators of 6 weight rows x 16 x rows kept in registers. Weights are read in place: 6 rows at
-# a time widened to float32 (bf16 bits shifted, f16 by vcvtph2ps: ``tiles.as_f32``) into a per-thread buffer.
+# --- the broadcast micro-kernel (``gemm_broadcast``) ---------------------------------------------------------------
+# ``tiles.gemm_4x3`` / ``gemm_4x4`` form dot products along ``in`` (tinyBLAS): per step of a vector they load the x
+# and weight vectors of every accumulator, ~176 bytes from L2 per 6 cycles on AVX2, which is the L2's rate there (Zen
+# 3: 32 B per cycle). This kernel is BLIS's outer-product form instead (Goto & van de Geijn, "Anatomy of
+# high-performance matrix multiplication", 2008; BLIS's haswell 6 x 16 and skylakex 12 x 32 sgemm kernels): x is
+# packed once per matmul into panels ``xp[p, k, l] = x[L p + l, k]`` (L x rows side by side along k, zero past the
+# last row), and each step k multiplies the panel's L / V vectors by R broadcast weights: R L / V FMAs from L / V
+# vector loads and R scalar ones, the R x L sums kept in registers. Weights are read in place: R rows at a time
+# widened to float32 (bf16 bits shifted, f16 by vcvtph2ps: ``tiles.as_f32``) into a per-thread buffer.
 #
-# Twin: ``x @ widen(W).T`` (``tests/test_kernel_twins.py``; ``tiles.gemm_4x3`` is the other AVX2 path). Any
-# ``in``: the vectors run along x's rows, not along k.
-PANEL_ROWS = 6     # weight rows per tile of gemm_panels (the broadcasts)
-PANEL_LANES = 16   # x rows per panel: two 8-float vectors
+# Twin: ``x @ widen(W).T`` (``tests/test_kernel_twins.py``, every shape on every host). Any ``in``: the vectors run
+# along x's rows, not along k.
+#: (R weight rows, L x rows per panel, V floats per vector) of a tile. AVX2 (16 registers): 12 accumulators of 8
+#: floats + 2 loaded + 1 broadcast; AVX-512 (32 registers): 24 accumulators of 16 floats + 2 + 1.
+PANELS_AVX2 = (6, 16, 8)
+PANELS_AVX512 = (12, 32, 16)
+PANEL_SHAPES = (PANELS_AVX2, PANELS_AVX512)
+
+
+@njit(cache=True, inline="always")
+def _pack_panel(x, xp, p):
+    M, K = x.shape
+    L = xp.shape[2]
+    n = min(L, M - L * p)
+    if n < L:
+        xp[p] = 0
+    for l in range(n):
+        r = L * p + l
+        for k in range(K):
+            xp[p, k, l] = x[r, k]
 
 
 @njit(cache=True, parallel=True)
 def pack_x(x, xp):
-    """x (M, K) float32 -> its panels xp (ceil(M / 16), K, 16): xp[p, k, l] = x[16 p + l, k], 0 past row M."""
-    M, K = x.shape
+    """x (M, K) float32 -> its panels xp (ceil(M / L), K, L): xp[p, k, l] = x[L p + l, k], 0 past row M."""
     for p in prange(xp.shape[0]):
-        n = min(PANEL_LANES, M - PANEL_LANES * p)
-        if n < PANEL_LANES:
-            xp[p] = 0
-        for l in range(n):
-            r = PANEL_LANES * p + l
-            for k in range(K):
-                xp[p, k, l] = x[r, k]
+        _pack_panel(x, xp, p)
 
 
 if not JIT_DISABLED:
@@ -225,12 +235,35 @@ if not JIT_DISABLED:
     from .vrows import counted_loop, splat, vec
 
     _I64, _F32 = ir.IntType(64), ir.FloatType()
-    _F8 = vec(_F32, 8)
+
+    def _tile_code(b, wdata, K, panel, tdata, R, L, V):
+        """The IR of one R x L tile (``_tile``) for the shape (R, L, V)."""
+        fv = vec(_F32, V)
+        wrows = [b.gep(wdata, [b.mul(ir.Constant(_I64, a), K)]) for a in range(R)]
+        # fmuladd: one vfmadd where the CPU has FMA (always, where this kernel is chosen), else mul + add
+        fma = b.module.declare_intrinsic(f"llvm.fmuladd.v{V}f32", fnty=ir.FunctionType(fv, [fv] * 3))
+        nv = L // V
+
+        def body(k, accs):
+            at = b.gep(panel, [b.mul(k, ir.Constant(_I64, L))])
+            xs = [b.load(b.bitcast(b.gep(at, [ir.Constant(_I64, V * i)]), fv.as_pointer()), align=4)
+                  for i in range(nv)]
+            out = []
+            for a in range(R):
+                s = splat(b, b.load(b.gep(wrows[a], [k])), V)
+                out += [b.call(fma, [s, xv, accs[nv * a + i]]) for i, xv in enumerate(xs)]
+            return out
+
+        zero = ir.Constant(fv, [0.0] * V)
+        # AVX-512's 24 accumulators: two interleaved copies of the step spill them (AVX2's 6 x 16 measured unrolled)
+        accs = counted_loop(b, ir.Constant(_I64, 0), K, [zero] * (R * nv), body, unroll=R * nv <= 12)
+        for e, v in enumerate(accs):  # accumulator nv a + i: lanes V i .. V i + V - 1 of row a
+            b.store(v, b.bitcast(b.gep(tdata, [ir.Constant(_I64, V * e)]), fv.as_pointer()), align=4)
 
     @intrinsic
     def _tile(typingctx, wf, xp, p, tmp):
-        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < 6, l < 16 (wf (6, K), xp (P, K, 16), tmp (6, 16) float32,
-        all C-contiguous)."""
+        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < R, l < L (wf (R, K), xp (P, K, L), tmp (R, L) float32,
+        all C-contiguous; (R, L) one of ``PANEL_SHAPES``, chosen at run time: one compiled function serves both)."""
         sig = types.void(wf, xp, p, tmp)
 
         def codegen(context, builder, signature, args):
@@ -238,28 +271,21 @@ if not JIT_DISABLED:
             wa, xa, pa, ta = args
             arr = lambda t, a: context.make_array(t)(context, b, a)  # noqa: E731
             W, X, T = arr(signature.args[0], wa), arr(signature.args[1], xa), arr(signature.args[3], ta)
-            K = b.extract_value(W.shape, 1)
+            R, K, L = b.extract_value(W.shape, 0), b.extract_value(W.shape, 1), b.extract_value(X.shape, 2)
             f32p = _F32.as_pointer()
-            wrows = [b.gep(b.bitcast(W.data, f32p), [b.mul(ir.Constant(_I64, a), K)]) for a in range(PANEL_ROWS)]
-            panel = b.gep(b.bitcast(X.data, f32p), [b.mul(b.mul(pa, K), ir.Constant(_I64, PANEL_LANES))])
-            # fmuladd: one vfmadd where the CPU has FMA (always, where this kernel is chosen), else mul + add
-            fma = b.module.declare_intrinsic("llvm.fmuladd.v8f32", fnty=ir.FunctionType(_F8, [_F8] * 3))
-
-            def body(k, accs):
-                at = b.gep(panel, [b.mul(k, ir.Constant(_I64, PANEL_LANES))])
-                lo = b.load(b.bitcast(at, _F8.as_pointer()), align=4)
-                hi = b.load(b.bitcast(b.gep(at, [ir.Constant(_I64, 8)]), _F8.as_pointer()), align=4)
-                out = []
-                for a in range(PANEL_ROWS):
-                    s = splat(b, b.load(b.gep(wrows[a], [k])), 8)
-                    out += [b.call(fma, [s, lo, accs[2 * a]]), b.call(fma, [s, hi, accs[2 * a + 1]])]
-                return out
-
-            zero = ir.Constant(_F8, [0.0] * 8)
-            accs = counted_loop(b, ir.Constant(_I64, 0), K, [zero] * (2 * PANEL_ROWS), body)
-            t = b.bitcast(T.data, f32p)
-            for e, v in enumerate(accs):  # accumulator 2a + h: lanes 8h .. 8h + 7 of row a
-                b.store(v, b.bitcast(b.gep(t, [ir.Constant(_I64, 8 * e)]), _F8.as_pointer()), align=4)
+            wdata, tdata = b.bitcast(W.data, f32p), b.bitcast(T.data, f32p)
+            panel = b.gep(b.bitcast(X.data, f32p), [b.mul(b.mul(pa, K), L)])
+            done = b.append_basic_block("tile_done")
+            for r, l, v in PANEL_SHAPES:
+                this, other = b.append_basic_block(f"tile_{r}x{l}"), b.append_basic_block(f"not_{r}x{l}")
+                b.cbranch(b.and_(b.icmp_signed("==", R, ir.Constant(_I64, r)),
+                                 b.icmp_signed("==", L, ir.Constant(_I64, l))), this, other)
+                b.position_at_end(this)
+                _tile_code(b, wdata, K, panel, tdata, r, l, v)
+                b.branch(done)
+                b.position_at_end(other)
+            b.branch(done)  # no other shape is made (``_buffers``)
+            b.position_at_end(done)
             return context.get_dummy_value()
         return sig, codegen
 else:
@@ -268,83 +294,118 @@ else:
         tmp[...] = wf @ xp[p]
 
 
+@njit(cache=True, inline="always")
+def _panel_group(xp, M, w, out, col0, wf, tmp, g):
+    """Weight rows g R .. g R + R - 1 of gemm_panels: widened into wf (R, K), times every panel, into out."""
+    P, K, L = xp.shape
+    R = wf.shape[0]
+    j = g * R
+    n = min(R, w.shape[0] - j)
+    if n < R:
+        wf[n:] = 0
+    for a in range(n):
+        for k in range(K):
+            wf[a, k] = as_f32(w[j + a, k])
+    for p in range(P):
+        _tile(wf, xp, p, tmp)
+        for l in range(min(L, M - L * p)):
+            for a in range(n):
+                out[L * p + l, col0 + j + a] = tmp[a, l]
+
+
 @njit(cache=True, parallel=True)
 def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
     """out[:M, col0:col0 + N] = x @ W.T from x's panels ``xp`` (``pack_x``) and W (N, K): bf16 bits (uint16),
-    f16 bits (int16) or float32. Parallel over groups of 6 weight rows; each thread widens
-    its group into wbuf[thread] (6, K) and takes a tile's sums in tbuf[thread] (6, 16)."""
-    P, K = xp.shape[0], xp.shape[1]
-    N = w.shape[0]
-    for g in prange((N + PANEL_ROWS - 1) // PANEL_ROWS):
-        j = g * PANEL_ROWS
-        n = min(PANEL_ROWS, N - j)
-        wf, tmp = wbuf[get_thread_id()], tbuf[get_thread_id()]
-        if n < PANEL_ROWS:
-            wf[n:] = 0
-        for a in range(n):
-            for k in range(K):
-                wf[a, k] = as_f32(w[j + a, k])
-        for p in range(P):
-            _tile(wf, xp, p, tmp)
-            for l in range(min(PANEL_LANES, M - PANEL_LANES * p)):
-                for a in range(n):
-                    out[PANEL_LANES * p + l, col0 + j + a] = tmp[a, l]
+    f16 bits (int16) or float32. Parallel over groups of R weight rows; each thread widens its group into
+    wbuf[thread] (R, K) (a vectorised widening) and takes a tile's sums in tbuf[thread] (R, L). (No blocks of k
+    as BLIS's kc: they measured no faster on Zen 5, BENCHMARKS.md "Round 5".)"""
+    R = wbuf.shape[1]
+    for g in prange((w.shape[0] + R - 1) // R):
+        _panel_group(xp, M, w, out, col0, wbuf[get_thread_id()], tbuf[get_thread_id()], g)
 
 
-#: gemm_avx2 takes the broadcast kernel from this many x rows (fewer: the 4 x 3 tiles, faster there: the
-#: panels' packing and the weights' widening are repaid by the rows; BENCHMARKS.md "Round 4"), and packs x in
-#: blocks of this many rows (every weight group passes over a block's panels: 4 MiB for a 2048-wide x, which
-#: stay in a Zen 3 L3 of 32 MiB; the chunked prefill's 512 tokens are one block).
-BROADCAST_MIN_ROWS = 48
+@njit(cache=True, nogil=True)
+def matmul_nt_serial(x, w, out, xp, wf, tmp):
+    """out (M, N) = x (M, K) @ w (N, K).T, float32, on the calling thread only (Numba's pool is not entered: for
+    jobs already running one per core, as ``attention.blocked_attention``'s); the broadcast kernel with the
+    buffers xp (ceil(M / L), K, L), wf (R, K), tmp (R, L)."""
+    for p in range(xp.shape[0]):
+        _pack_panel(x, xp, p)
+    for g in range((w.shape[0] + wf.shape[0] - 1) // wf.shape[0]):
+        _panel_group(xp, x.shape[0], w, out, 0, wf, tmp, g)
+
+
+#: AVX2 + FMA without AVX-512: 16 vector registers of 8 floats, which the 4 x 4 tile overflows; the 4 x 3 tiles
+#: for few rows there. One probe (``jit.cpu_features``): ``PYCOHERE_MASK_CPU_FEATURES=avx512f`` runs the AVX2
+#: choices on an AVX-512 host.
+AVX2_TILES = {"avx2", "fma"} <= cpu_features() and "avx512f" not in cpu_features()
+#: the broadcast tile of this host
+PANELS = PANELS_AVX512 if {"avx512f", "fma"} <= cpu_features() else PANELS_AVX2
+#: gemm_host takes the broadcast kernel from this many x rows (fewer: the dot-product tiles, faster there: the
+#: panels' packing and the weights' widening are repaid by the rows; BENCHMARKS.md "Round 4" and "Round 5"), and
+#: packs x in blocks of this many rows (every weight group passes over a block's panels: 4 MiB for a 2048-wide x,
+#: which stay in a Zen 3 or Zen 5 L3 of 32 MiB; the chunked prefill's 512 tokens are one block).
+BROADCAST_MIN_ROWS = 64 if PANELS == PANELS_AVX512 else 48
 BROADCAST_ROW_BLOCK = 512
 #: float32 values per dequantized tile of ``tiled_matmul`` on the broadcast kernel (x packed once)
 PANEL_TILE_ELEMENTS = 1 << 19
 
 
-def _pack(x):
-    """x (M <= BROADCAST_ROW_BLOCK, K) as panels, in this thread's buffer for them (kept for the next call, as
-    ``scratch``'s other slots: at most BROADCAST_ROW_BLOCK * K floats, 64 MiB for K = 33792, Command A's ffn)."""
-    P = (x.shape[0] + PANEL_LANES - 1) // PANEL_LANES
-    xp = scratch(P * x.shape[1] * PANEL_LANES, "panels").reshape(P, x.shape[1], PANEL_LANES)
+def _pack(x, lanes: int):
+    """x (M <= BROADCAST_ROW_BLOCK, K) as panels of ``lanes`` rows, in this thread's buffer for them (kept for the
+    next call, as ``scratch``'s other slots: at most BROADCAST_ROW_BLOCK * K floats, 64 MiB for K = 33792, Command
+    A's ffn)."""
+    P = (x.shape[0] + lanes - 1) // lanes
+    xp = scratch(P * x.shape[1] * lanes, "panels").reshape(P, x.shape[1], lanes)
     pack_x(x, xp)
     return xp
 
 
-def _buffers(K: int):
-    """``gemm_panels``' per-thread buffers for rows of K values (reused across calls: a fresh large array
-    page-faults on first write, see above)."""
-    threads = numba.config.NUMBA_NUM_THREADS
-    return (scratch(threads * PANEL_ROWS * K, "widened").reshape(threads, PANEL_ROWS, K),
-            scratch(threads * PANEL_ROWS * PANEL_LANES, "sums").reshape(threads, PANEL_ROWS, PANEL_LANES))
+def _buffers(K: int, shape: tuple):
+    """``gemm_panels``' per-thread buffers for rows of K values and a tile ``shape`` (reused across calls: a fresh
+    large array page-faults on first write, see above)."""
+    threads, (R, L, _) = numba.config.NUMBA_NUM_THREADS, shape
+    return (scratch(threads * R * K, "widened").reshape(threads, R, K),
+            scratch(threads * R * L, "sums").reshape(threads, R, L))
 
 
-def gemm_broadcast(x, w, row_block, out, col0):
-    """``gemm_4x4``'s arguments and result by ``pack_x`` + ``gemm_panels`` for every row (``row_block``
-    unused: x goes in blocks of ``BROADCAST_ROW_BLOCK``)."""
+def gemm_broadcast(x, w, row_block, out, col0, shape=None):
+    """``gemm_4x4``'s arguments and result by ``pack_x`` + ``gemm_panels`` for every row, in tiles of ``shape``
+    (one of PANEL_SHAPES; default: this host's ``PANELS``). ``row_block`` unused: x goes in blocks of
+    ``BROADCAST_ROW_BLOCK``."""
+    shape = PANELS if shape is None else shape
     M, K = x.shape
-    wbuf, tbuf = _buffers(K)
+    wbuf, tbuf = _buffers(K, shape)
     for i0 in range(0, M, BROADCAST_ROW_BLOCK):
         i1 = min(i0 + BROADCAST_ROW_BLOCK, M)
-        gemm_panels(_pack(x[i0:i1]), np.int64(i1 - i0), w, out[i0:i1], col0, wbuf, tbuf)
+        gemm_panels(_pack(x[i0:i1], shape[1]), np.int64(i1 - i0), w, out[i0:i1], col0, wbuf, tbuf)
 
 
-def gemm_avx2(x, w, row_block, out, col0):
-    """The AVX2 host's GEMM: the broadcast kernel on whole panels of 16 x rows when there are
-    ``BROADCAST_MIN_ROWS`` or more, ``gemm_4x3`` on the rest."""
-    M = x.shape[0]
-    whole = M // PANEL_LANES * PANEL_LANES if M >= BROADCAST_MIN_ROWS else 0
+def gemm_host(x, w, row_block, out, col0):
+    """This host's GEMM with FMA: the broadcast kernel on whole panels of x rows when there are
+    ``BROADCAST_MIN_ROWS`` or more, the dot-product tiles on the rest (``gemm_4x3`` on AVX2, ``gemm_4x4`` with
+    32 registers)."""
+    M, L = x.shape[0], PANELS[1]
+    whole = M // L * L if M >= BROADCAST_MIN_ROWS else 0
     if whole:
         gemm_broadcast(x[:whole], w, row_block, out, col0)
     if whole < M:
-        gemm_4x3(x[whole:], w, row_block, out[whole:], col0)
+        (gemm_4x3 if AVX2_TILES else gemm_4x4)(x[whole:], w, row_block, out[whole:], col0)
 
 
-#: AVX2 + FMA without AVX-512: 16 vector registers of 8 floats, which the 4 x 4 tile overflows; the broadcast
-#: kernel and the 4 x 3 tiles instead. AVX-512 (32 registers) and hosts without FMA keep ``gemm_4x4``. One
-#: probe (``jit.cpu_features``): ``PYCOHERE_MASK_CPU_FEATURES=avx512f`` runs the AVX2 choice on an AVX-512 host.
-AVX2_TILES = {"avx2", "fma"} <= cpu_features() and "avx512f" not in cpu_features()
-#: the prefill GEMM of this host (every caller takes this one)
-gemm = gemm_avx2 if AVX2_TILES else gemm_4x4
+#: the prefill GEMM of this host (every caller takes this one): hosts without FMA keep ``gemm_4x4``
+gemm = gemm_host if "fma" in cpu_features() else gemm_4x4
+
+
+def matmul_nt(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (M, K) @ w (N, K).T float32 on this thread alone (``matmul_nt_serial``, in this host's tile shape and
+    this thread's buffers); x C-contiguous, w any strides."""
+    (M, K), (R, L, _) = x.shape, PANELS
+    xp = scratch(-(-M // L) * K * L, "serial panels").reshape(-1, K, L)
+    wf, tmp = scratch(R * K, "serial widened").reshape(R, K), scratch(R * L, "serial sums").reshape(R, L)
+    out = np.empty((M, w.shape[0]), dtype=np.float32)
+    matmul_nt_serial(x, w, out, xp, wf, tmp)
+    return out
 
 
 #: gemm's x rows per pass: 128 rows of a 2048-wide x are 1 MiB (the L2 of a Zen 5 core).
@@ -356,11 +417,11 @@ def tiled_matmul(x2: np.ndarray, out_dim: int, in_dim: int, fill: Callable, tile
     as float32 into ``tile`` (r1 - r0, in), which ``gemm`` multiplies into columns r0:r1. Tiling over
     rows changes no result: each output is one dot product over the whole row."""
     M = x2.shape[0]
-    # the AVX2 broadcast kernel: x packed once for every tile, and tiles small enough to stay in the cache
-    panels = gemm is gemm_avx2 and BROADCAST_MIN_ROWS <= M <= BROADCAST_ROW_BLOCK
+    # the broadcast kernel: x packed once for every tile, and tiles small enough to stay in the cache
+    panels = gemm is gemm_host and BROADCAST_MIN_ROWS <= M <= BROADCAST_ROW_BLOCK
     if panels:
         tile_elements = min(tile_elements, PANEL_TILE_ELEMENTS)
-        xp, (wbuf, tbuf) = _pack(x2), _buffers(in_dim)
+        xp, (wbuf, tbuf) = _pack(x2, PANELS[1]), _buffers(in_dim, PANELS)
     rows = max(1, min(out_dim, tile_elements // max(in_dim, 1)))
     w = scratch(rows * in_dim).reshape(rows, in_dim)                 # (rows, in) the widened tile
     out = np.empty((M, out_dim), dtype=np.float32)

@@ -90,8 +90,9 @@ def hsum(b, v):
     return b.extract_element(v, ir.Constant(_I32, 0))
 
 
-def counted_loop(b, start, stop, init: list, body) -> list:
-    """for k in range(start, stop): state = body(k, state); the final state (init when empty)."""
+def counted_loop(b, start, stop, init: list, body, unroll: bool = True) -> list:
+    """for k in range(start, stop): state = body(k, state); the final state (init when empty). ``unroll=False``
+    forbids LLVM to unroll the loop (a body whose state fills the registers spills when two copies interleave)."""
     entry = b.block
     loop = b.append_basic_block("loop")
     done = b.append_basic_block("done")
@@ -107,7 +108,12 @@ def counted_loop(b, start, stop, init: list, body) -> list:
     for phi, v0, v1 in zip(state, init, nxt):
         phi.add_incoming(v0, entry)
         phi.add_incoming(v1, end)
-    b.cbranch(b.icmp_signed("<", k_next, stop), loop, done)
+    back = b.cbranch(b.icmp_signed("<", k_next, stop), loop, done)
+    if not unroll:  # a loop ID: a node whose first operand is itself (LLVM LangRef, "'llvm.loop'")
+        m = b.module
+        node = m.add_metadata([m.add_metadata([ir.MetaDataString(m, "llvm.loop.unroll.disable")])])
+        node.operands = (node,) + tuple(node.operands)
+        back.set_metadata("llvm.loop", node)
     b.position_at_end(done)
     out = []
     for v0, v1 in zip(init, nxt):
