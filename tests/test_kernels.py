@@ -89,21 +89,26 @@ def test_kernels_also_pass_as_plain_python():
     assert_passes_without_jit(__file__)
 
 
-def test_nan_scores_propagate_like_the_spec():
+@pytest.mark.parametrize("key", [0, 3])
+def test_nan_scores_propagate_like_the_spec(key):
     """fastmath keeps NaN semantics here (no "nnan" flag): a NaN key poisons exactly the rows it poisons
-    in the spec, instead of being treated as masked."""
+    in the spec (key 0: every query; key 3: queries 3 on), instead of being treated as masked; the blocked
+    attention with BLAS and with either panel tile."""
+    from pycohere.kernels import tiles
     rng = np.random.default_rng(0)
     q = rng.standard_normal((1, 6, 2, 4)).astype(np.float32)
     k = rng.standard_normal((1, 6, 1, 4)).astype(np.float32)
     v = rng.standard_normal((1, 6, 1, 4)).astype(np.float32)
-    k[0, 0] = np.nan
+    k[0, key] = np.nan
     idx = np.arange(6)
     ref = L.attention(q, k, v, L.attention_mask(idx, idx, None, None))
     args = (q, k, v, idx, np.int64(0), np.ones((1, 6), bool), np.int64(0))
-    for got in (KA.decode_attention(*args), KA.flash_attention(*args, np.int64(4)),
-                KA.blocked_attention(q, k, v, idx, 0, np.ones((1, 6), bool), 0, block=4)):
+    blocked = [KA.blocked_attention(q, k, v, idx, 0, np.ones((1, 6), bool), 0, block=4, tile=tile)
+               for tile in ((), *tiles.PANEL_SHAPES)]
+    for got in (KA.decode_attention(*args), KA.flash_attention(*args, np.int64(4)), *blocked):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
-        assert np.isnan(ref).all()  # key 0 is visible to every query
+        np.testing.assert_allclose(got[~np.isnan(ref)], ref[~np.isnan(ref)], rtol=1e-5, atol=1e-6)
+    assert np.isnan(ref[0, key:]).all() and not np.isnan(ref[0, :key]).any()
 
 
 def test_threading_layer_is_tbb_then_workqueue_unless_the_user_chose():

@@ -194,15 +194,20 @@ from pycohere.kernels import attention as A, dense as KD, tiles  # noqa: E402
 from pycohere.io.dtypes import bf16_bits, widen  # noqa: E402
 
 
+@pytest.mark.parametrize("tile", [(), tiles.PANELS_AVX2, tiles.PANELS_AVX512], ids=["blas", "6x16", "12x32"])
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), T=st.integers(5, 20), past=st.integers(0, 9),
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), T=st.integers(5, 20), past=st.integers(0, 40),
        kv_start=st.integers(0, 6), K=st.integers(1, 2), G=st.integers(1, 3), window=st.sampled_from([0, 1, 3, 7]),
-       block=st.integers(1, 8), score_values=st.sampled_from([8, 64, 1 << 21]), padded=st.booleans())
-def test_blocked_attention_equals_the_spec(seed, B, T, past, kv_start, K, G, window, block, score_values, padded):
+       block=st.integers(1, 8), score_values=st.sampled_from([8, 64, 1 << 21]), padded=st.booleans(),
+       Dh=st.sampled_from([8, 32, 64]))
+def test_blocked_attention_equals_the_spec(tile, seed, B, T, past, kv_start, K, G, window, block, score_values,
+                                           padded, Dh):
     """kv_start > 0 is a sliding layer's cache after compaction; small score blocks shrink the query
-    blocks (down to one query); padding makes fully masked rows (the spec: mean of V over all keys)."""
+    blocks (down to one query); padding makes fully masked rows (the spec: mean of V over all keys). The
+    products by BLAS or by tiles.panel_matmul in either tile on any host (Dh of whole panels: V read in place;
+    8: V packed; windows from a key inside a panel; partial tiles of queries and keys)."""
     rng = np.random.default_rng(seed)
-    Dh, S = 8, past + T
+    S = past + T
     q = rng.standard_normal((B, T, K * G, Dh)).astype(np.float32)
     k = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
     v = rng.standard_normal((B, S, K, Dh)).astype(np.float32)
@@ -214,7 +219,7 @@ def test_blocked_attention_equals_the_spec(seed, B, T, past, kv_start, K, G, win
     want = L.attention(q, k, v, L.attention_mask(q_index, kv_index, kv_valid, window or None))
     saved, A.SCORE_BLOCK_VALUES = A.SCORE_BLOCK_VALUES, score_values
     try:
-        got = A.blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=block)
+        got = A.blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=block, tile=tile)
     finally:
         A.SCORE_BLOCK_VALUES = saved
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import tiles
 from .blas import single_threaded
 from .jit import FAST, njit, prange, u32_as_f32
 
@@ -197,33 +198,42 @@ def masked_softmax_rows(s, q_index, nq, kv_first, kv_valid, window, scale, seen)
     none is left 0: its output is the mean of V over all keys, ``blocked_attention``'s to fill).
     Twin: the softmax of ``pycohere.spec.layers.attention`` (scores * scale, masked, max-shifted)."""
     R, N = s.shape
+    neg = np.float32(-np.inf)
     for r in range(R):  # (serial, without the GIL: blocked_attention runs one per thread)
         qi = q_index[r % nq]
-        m = np.float32(-np.inf)
+        # the keys causal order and the window allow are one interval j0 .. j1 - 1; padding is per key
+        j1 = max(0, min(N, qi - kv_first + 1))
+        j0 = 0 if window == 0 else min(j1, max(0, qi - window + 1 - kv_first))
+        row, valid = s[r, j0:j1], kv_valid[j0:j1]  # views: loops over range(n) vectorise (j0 + j did not)
+        n = j1 - j0
         ok = False
-        for j in range(N):
-            ki = kv_first + j
-            if ki <= qi and kv_valid[j] and (window == 0 or qi - ki < window):
-                x = s[r, j] * scale
-                s[r, j] = x
-                if x > m or x != x:  # NaN wins, as in the spec's max
-                    m = x
-                ok = True
-            else:
-                s[r, j] = -np.inf
+        for j in range(n):
+            ok |= valid[j]
         seen[r] = ok
         if not ok:
-            for j in range(N):
-                s[r, j] = 0.0
+            s[r, :] = 0.0
             continue
+        m = neg
+        for j in range(n):  # branch-free (selects)
+            x = row[j] * scale
+            x = x if valid[j] else neg
+            row[j] = x
+            m = x if x > m else m
+        # a NaN score is not the max here, as it is in the spec's; its exp is NaN, so is the sum, and every
+        # probability of the row as the spec's (the keys outside j0 .. j1 - 1 too: the row's output is NaN)
+        s[r, :j0] = 0.0
+        s[r, j1:] = 0.0
         total = np.float32(0.0)
-        for j in range(N):  # masked keys: exp(-inf) = 0
-            e = exp_nonpositive(s[r, j] - m)
-            s[r, j] = e
+        for j in range(n):  # padded keys: exp(-inf) = 0
+            e = exp_nonpositive(row[j] - m)
+            row[j] = e
             total += e
+        if total != total:
+            s[r, :] = np.float32(np.nan)
+            continue
         inv = np.float32(1.0) / total
-        for j in range(N):
-            s[r, j] *= inv
+        for j in range(n):
+            row[j] *= inv
 
 
 #: blocked_attention's score block: at most this many values per (query block x visible keys) product
@@ -232,15 +242,16 @@ SCORE_BLOCK_VALUES = 1 << 21
 ATTENTION_QUERY_BLOCK = 256
 
 
-def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENTION_QUERY_BLOCK):
-    """Prefill attention with BLAS: for each (batch, kv head, block of queries) the G query heads that
+def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENTION_QUERY_BLOCK, tile=None):
+    """Prefill attention: for each (batch, kv head, block of queries) the G query heads that
     share the kv head are stacked into one (G * nq, Dh) matrix (GQA: each K/V block is read once for all
     of them), multiplied by only the keys that block can see (causal: none after its last query;
     Cohere2 windows: none before its first query's window, so masked key blocks cost nothing), softmax
     in ``masked_softmax_rows``, then @ V. Scores never exceed ``SCORE_BLOCK_VALUES`` (the query block
     shrinks as the visible keys grow). The (batch, kv head) jobs run on one thread per core, each
-    calling BLAS single-threaded (``pycohere.kernels.blas``: OpenBLAS's own pool would spin against
-    Numba's afterwards). Same arguments and twin as ``decode_attention``."""
+    multiplying on its own thread: ``tiles.panel_matmul`` (the keys packed into panels once per job, V read in
+    place, both products in the tile's layout) or BLAS single-threaded (``pycohere.kernels.blas``: OpenBLAS's own
+    pool would spin against Numba's afterwards). Same arguments and twin as ``decode_attention``."""
     B, T, H, Dh = q.shape
     S, K = k.shape[1], k.shape[2]
     G = H // K
@@ -248,8 +259,23 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
     out = np.empty((B, T, H, Dh), dtype=np.float32)
     nq_max = max(1, min(block, SCORE_BLOCK_VALUES // max(1, G * S)))
 
+    # the two products: panel_matmul in tiles of ``tile`` (one of tiles.PANEL_SHAPES; None: the host's choice,
+    # tiles.PANEL_ATTENTION), or BLAS (``tile=()``)
+    tile = (tiles.PANELS if tiles.PANEL_ATTENTION else ()) if tile is None else tile
+    R, L, _ = tile or tiles.PANELS
+    panels = bool(tile)
+
     def job(b, kh):
         kb, vb = k[b, :, kh], v[b, :, kh]                             # (S, Dh) each
+        if panels:  # keys packed once per job; V read in place where Dh is whole panels: vp[p, s, l] = V[s, L p + l]
+            kp = tiles.scratch(-(-S // L) * Dh * L, "attention keys").reshape(-1, Dh, L)  # (ceil(S/L), Dh, L)
+            tiles.pack_rows(kb, kp)
+            if Dh % L == 0:
+                vp = np.lib.stride_tricks.as_strided(vb, (Dh // L, S, L), (4 * L, vb.strides[0], 4))  # (Dh/L, S, L)
+            else:
+                vp = tiles.scratch(-(-Dh // L) * S * L, "attention values").reshape(-1, S, L)  # (ceil(Dh/L), S, L)
+                tiles.pack_rows(vb.T, vp)
+            wf, tmp = tiles.scratch(R * max(S, Dh), "attention rows"), tiles.scratch(R * L, "attention sums")
         mean_v = None
         for t0 in range(0, T, nq_max):
             t1 = min(t0 + nq_max, T)
@@ -258,11 +284,21 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
             lo = 0 if window == 0 else max(0, int(q_index[t0]) - window + 1 - kv_start)
             hi = max(hi, lo)
             qb = q[b, t0:t1, kh * G:(kh + 1) * G].transpose(1, 0, 2).reshape(G * nq, Dh)  # (G*nq, Dh)
-            scores = qb @ kb[lo:hi].T                                  # (G*nq, hi-lo)
+            if panels:
+                lo = lo // L * L  # from a whole panel of keys (the keys before the window's are masked)
+                scores = np.empty((G * nq, hi - lo), dtype=np.float32)  # (G*nq, hi-lo)
+                tiles.panel_matmul(qb, kp[lo // L:], hi - lo, scores, wf[:R * Dh].reshape(R, Dh), tmp.reshape(R, L))
+            else:
+                scores = qb @ kb[lo:hi].T                              # (G*nq, hi-lo)
             seen = np.empty(G * nq, dtype=np.bool_)
             masked_softmax_rows(scores, q_index[t0:t1], nq, kv_start + lo, kv_valid[b, lo:hi], window, scale,
                                 seen)
-            o = scores @ vb[lo:hi]                                     # (G*nq, Dh)
+            if panels:
+                o = np.empty((G * nq, Dh), dtype=np.float32)           # (G*nq, Dh)
+                tiles.panel_matmul(scores, vp[:, lo:hi], Dh, o, wf[:R * (hi - lo)].reshape(R, hi - lo),
+                                   tmp.reshape(R, L))
+            else:
+                o = scores @ vb[lo:hi]                                 # (G*nq, Dh)
             if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys
                 if mean_v is None:
                     mean_v = vb.astype(np.float32).mean(axis=0) if S else np.zeros(Dh, np.float32)

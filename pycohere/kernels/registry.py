@@ -110,9 +110,12 @@ def _fast_flash_attention(q, k, v, q_index, kv_start, kv_valid, window):
                                      np.int64(attention.FLASH_TILE))
 
 
-def _fast_blocked_attention(q, k, v, q_index, kv_start, kv_valid, window):
-    # query blocks of 4: the twin test's prompts (up to 12 queries) span several blocks and windows
-    return attention.blocked_attention(q, k, v, q_index, int(kv_start), kv_valid, int(window), block=4)
+def _blocked_attention(tile):
+    """blocked_attention with its products in ``tile`` (a tiles.PANEL_SHAPES shape, or () for BLAS), on any host."""
+    def fast(q, k, v, q_index, kv_start, kv_valid, window):
+        # query blocks of 4: the twin test's prompts (up to 12 queries) span several blocks and windows
+        return attention.blocked_attention(q, k, v, q_index, int(kv_start), kv_valid, int(window), block=4, tile=tile)
+    return fast
 
 
 def _spec_round_q8_0(x):
@@ -250,8 +253,11 @@ def _twins() -> tuple[Twin, ...]:
              (attention.decode_attention,), "softmax"),
         Twin("attention/flash", "attention", "float32", _spec_attention, _fast_flash_attention,
              (attention.flash_attention,), "softmax"),
-        Twin("attention/blocked", "attention", "float32", _spec_attention, _fast_blocked_attention,
+        Twin("attention/blocked", "attention", "float32", _spec_attention, _blocked_attention(()),
              (attention.masked_softmax_rows,), "softmax"),
+        *(Twin(f"attention/blocked-{r}x{lanes}", "attention", "float32", _spec_attention,
+               _blocked_attention((r, lanes, vl)), (attention.masked_softmax_rows, tiles.pack_rows, tiles.panel_matmul),
+               "softmax") for r, lanes, vl in tiles.PANEL_SHAPES),
         Twin("activation/silu", "activation", "float32", _spec_silu_mul, _fast_silu_mul, (attention.silu_mul,),
              "softmax"),
         # (bf16_dot's activation rounding runs on every host; its GEMM only with AVX512-BF16, below)

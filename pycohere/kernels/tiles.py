@@ -236,18 +236,19 @@ if not JIT_DISABLED:
 
     _I64, _F32 = ir.IntType(64), ir.FloatType()
 
-    def _tile_code(b, wdata, K, panel, tdata, R, L, V):
-        """The IR of one R x L tile (``_tile``) for the shape (R, L, V)."""
+    def _tile_code(b, wdata, K, panel, kstride, dst, dstride, R, L, V):
+        """The IR of one R x L tile (``_tile``) for the shape (R, L, V); panel, dst: i8 pointers, strides in
+        bytes (step k of the panel at panel + k kstride, row a of the tile at dst + a dstride)."""
         fv = vec(_F32, V)
         wrows = [b.gep(wdata, [b.mul(ir.Constant(_I64, a), K)]) for a in range(R)]
         # fmuladd: one vfmadd where the CPU has FMA (always, where this kernel is chosen), else mul + add
         fma = b.module.declare_intrinsic(f"llvm.fmuladd.v{V}f32", fnty=ir.FunctionType(fv, [fv] * 3))
         nv = L // V
+        fvp = fv.as_pointer()
 
         def body(k, accs):
-            at = b.gep(panel, [b.mul(k, ir.Constant(_I64, L))])
-            xs = [b.load(b.bitcast(b.gep(at, [ir.Constant(_I64, V * i)]), fv.as_pointer()), align=4)
-                  for i in range(nv)]
+            at = b.bitcast(b.gep(panel, [b.mul(k, kstride)]), _F32.as_pointer())
+            xs = [b.load(b.bitcast(b.gep(at, [ir.Constant(_I64, V * i)]), fvp), align=4) for i in range(nv)]
             out = []
             for a in range(R):
                 s = splat(b, b.load(b.gep(wrows[a], [k])), V)
@@ -257,13 +258,16 @@ if not JIT_DISABLED:
         zero = ir.Constant(fv, [0.0] * V)
         # AVX-512's 24 accumulators: two interleaved copies of the step spill them (AVX2's 6 x 16 measured unrolled)
         accs = counted_loop(b, ir.Constant(_I64, 0), K, [zero] * (R * nv), body, unroll=R * nv <= 12)
-        for e, v in enumerate(accs):  # accumulator nv a + i: lanes V i .. V i + V - 1 of row a
-            b.store(v, b.bitcast(b.gep(tdata, [ir.Constant(_I64, V * e)]), fv.as_pointer()), align=4)
+        for a in range(R):  # accumulator nv a + i: lanes V i .. V i + V - 1 of row a
+            row = b.bitcast(b.gep(dst, [b.mul(ir.Constant(_I64, a), dstride)]), _F32.as_pointer())
+            for i in range(nv):
+                b.store(accs[nv * a + i], b.bitcast(b.gep(row, [ir.Constant(_I64, V * i)]), fvp), align=4)
 
     @intrinsic
     def _tile(typingctx, wf, xp, p, tmp):
-        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < R, l < L (wf (R, K), xp (P, K, L), tmp (R, L) float32,
-        all C-contiguous; (R, L) one of ``PANEL_SHAPES``, chosen at run time: one compiled function serves both)."""
+        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < R, l < L: wf (R, K) C-contiguous; xp (P, K, L) and tmp
+        (R, L) of any strides but a contiguous last axis (``panel_matmul`` passes V in place and writes into its
+        output); all float32; (R, L) one of ``PANEL_SHAPES``, chosen at run time: one compiled function serves both."""
         sig = types.void(wf, xp, p, tmp)
 
         def codegen(context, builder, signature, args):
@@ -272,16 +276,18 @@ if not JIT_DISABLED:
             arr = lambda t, a: context.make_array(t)(context, b, a)  # noqa: E731
             W, X, T = arr(signature.args[0], wa), arr(signature.args[1], xa), arr(signature.args[3], ta)
             R, K, L = b.extract_value(W.shape, 0), b.extract_value(W.shape, 1), b.extract_value(X.shape, 2)
-            f32p = _F32.as_pointer()
-            wdata, tdata = b.bitcast(W.data, f32p), b.bitcast(T.data, f32p)
-            panel = b.gep(b.bitcast(X.data, f32p), [b.mul(b.mul(pa, K), L)])
+            i8p = ir.IntType(8).as_pointer()
+            wdata = b.bitcast(W.data, _F32.as_pointer())
+            panel = b.gep(b.bitcast(X.data, i8p), [b.mul(pa, b.extract_value(X.strides, 0))])
+            kstride, dstride = b.extract_value(X.strides, 1), b.extract_value(T.strides, 0)
+            dst = b.bitcast(T.data, i8p)
             done = b.append_basic_block("tile_done")
             for r, l, v in PANEL_SHAPES:
                 this, other = b.append_basic_block(f"tile_{r}x{l}"), b.append_basic_block(f"not_{r}x{l}")
                 b.cbranch(b.and_(b.icmp_signed("==", R, ir.Constant(_I64, r)),
                                  b.icmp_signed("==", L, ir.Constant(_I64, l))), this, other)
                 b.position_at_end(this)
-                _tile_code(b, wdata, K, panel, tdata, r, l, v)
+                _tile_code(b, wdata, K, panel, kstride, dst, dstride, r, l, v)
                 b.branch(done)
                 b.position_at_end(other)
             b.branch(done)  # no other shape is made (``_buffers``)
@@ -325,14 +331,39 @@ def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
 
 
 @njit(cache=True, nogil=True)
-def matmul_nt_serial(x, w, out, xp, wf, tmp):
-    """out (M, N) = x (M, K) @ w (N, K).T, float32, on the calling thread only (Numba's pool is not entered: for
-    jobs already running one per core, as ``attention.blocked_attention``'s); the broadcast kernel with the
-    buffers xp (ceil(M / L), K, L), wf (R, K), tmp (R, L)."""
+def pack_rows(x, xp):
+    """``pack_x`` on the calling thread alone (for jobs already running one per core)."""
     for p in range(xp.shape[0]):
         _pack_panel(x, xp, p)
-    for g in range((w.shape[0] + wf.shape[0] - 1) // wf.shape[0]):
-        _panel_group(xp, x.shape[0], w, out, 0, wf, tmp, g)
+
+
+@njit(cache=True, nogil=True)
+def panel_matmul(w, xp, M, out, wf, tmp):
+    """out[n, m] = sum_k w[n, k] x[m, k] for m < M: out (N, >= M) = w (N, K) @ x.T, x given as its panels xp
+    (P, K, L), xp[p, k, l] = x[L p + l, k] (``pack_rows``, or any array so strided: V (S, Dh) is the panels of V.T
+    in place); float32, on the calling thread alone (for ``attention.blocked_attention``'s jobs, one per core).
+    The tile's layout is out's: whole tiles are stored straight into it; wf (R, K), tmp (R, L) buffers."""
+    K, L = xp.shape[1], xp.shape[2]
+    P = min(xp.shape[0], (M + L - 1) // L)  # panels past M: none (a caller may pass more)
+    R = wf.shape[0]
+    N = w.shape[0]
+    for g in range((N + R - 1) // R):
+        j = g * R
+        n = min(R, N - j)
+        if n < R:
+            wf[n:] = 0
+        for a in range(n):
+            for k in range(K):
+                wf[a, k] = w[j + a, k]
+        for p in range(P):
+            m = min(L, M - L * p)
+            if n == R and m == L:
+                _tile(wf, xp, p, out[j:j + R, L * p:L * p + L])
+            else:
+                _tile(wf, xp, p, tmp)
+                for a in range(n):
+                    for l in range(m):
+                        out[j + a, L * p + l] = tmp[a, l]
 
 
 #: AVX2 + FMA without AVX-512: 16 vector registers of 8 floats, which the 4 x 4 tile overflows; the 4 x 3 tiles
@@ -393,19 +424,11 @@ def gemm_host(x, w, row_block, out, col0):
         (gemm_4x3 if AVX2_TILES else gemm_4x4)(x[whole:], w, row_block, out[whole:], col0)
 
 
+#: blocked_attention's products by ``panel_matmul`` rather than BLAS (measured faster with AVX-512's tiles:
+#: OpenBLAS runs its Haswell kernels on Zen 5; BENCHMARKS.md "Round 5")
+PANEL_ATTENTION = PANELS == PANELS_AVX512
 #: the prefill GEMM of this host (every caller takes this one): hosts without FMA keep ``gemm_4x4``
 gemm = gemm_host if "fma" in cpu_features() else gemm_4x4
-
-
-def matmul_nt(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x (M, K) @ w (N, K).T float32 on this thread alone (``matmul_nt_serial``, in this host's tile shape and
-    this thread's buffers); x C-contiguous, w any strides."""
-    (M, K), (R, L, _) = x.shape, PANELS
-    xp = scratch(-(-M // L) * K * L, "serial panels").reshape(-1, K, L)
-    wf, tmp = scratch(R * K, "serial widened").reshape(R, K), scratch(R * L, "serial sums").reshape(R, L)
-    out = np.empty((M, w.shape[0]), dtype=np.float32)
-    matmul_nt_serial(x, w, out, xp, wf, tmp)
-    return out
 
 
 #: gemm's x rows per pass: 128 rows of a 2048-wide x are 1 MiB (the L2 of a Zen 5 core).
