@@ -79,7 +79,7 @@ def test_the_step_rounds_activations_as_llama_cpp_when_asked():
     from pycohere.kernels import dispatch, int8_dot, irows, tiles
     prefill = ("integer GEMM on repacked 16-row tiles from" if irows.TILES
                else f"dequantized tiles, then kernels.tiles.{tiles.gemm.__name__}, on the rounded activations from"
-               if dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS) else "integer rows, four activation rows")
+               if dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS, "q8_0") else "integer rows, four activation rows")
     assert f"prefill matmuls: q8_0: {prefill}" in report if int8_dot.AVAILABLE else "rounded activations" in report
     _, rounded = run("numpy", "llama.cpp")
     _, exact = run("numpy", "float32")

@@ -110,19 +110,22 @@ def test_wrapper_uses_the_kernel_for_decode_and_the_spec_beyond():
     assert int8_dot.gemv_rounded(decode[0], W.arrays["qweight"], "q5_k") is None  # no integer kernel
 
 
-def test_the_float_prefill_starts_at_the_broadcast_kernels_rows():
-    """AVX2 hosts (no 512-bit integer tiles): integer rows below tiles.BROADCAST_MIN_ROWS rows, the float GEMM
-    from there; AVX-512 VNNI hosts keep their integer tiles at every size."""
+@pytest.mark.parametrize("scheme", int8_dot.SCHEMES)
+def test_the_float_prefill_starts_at_the_broadcast_kernels_rows(scheme):
+    """Integer rows below tiles.BROADCAST_MIN_ROWS rows; from there the float GEMM where the broadcast kernel runs
+    and the scheme has no integer tiles (AVX2 hosts: every scheme; AVX-512 VNNI hosts: q6_k), else the tiles."""
     from pycohere.kernels import dispatch, irows, tiles
-    assert not dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS - 1)
-    assert dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS) is (tiles.AVX2_TILES and not irows.TILES)
+    tiled = irows.TILES and int8_dot.SCHEMES.index(scheme) in int8_dot.TILE_KINDS
+    assert not dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS - 1, scheme)
+    assert dispatch._float_prefill(tiles.BROADCAST_MIN_ROWS, scheme) is (tiles.gemm is tiles.gemm_host and not tiled)
     assert not (irows.TILES and tiles.AVX2_TILES)  # the 512-bit tiles need AVX-512, the AVX2 GEMM its absence
 
 
 @pytest.mark.parametrize("scheme", int8_dot.SCHEMES)
 def test_a_prefill_takes_the_float_gemm_where_that_measured_faster(scheme, monkeypatch):
     """Under activations="llama.cpp" a matmul of many rows runs the float GEMM on the rounded activations
-    (the spec read literally) where dispatch says so (AVX2 hosts, 48+ rows), else the integer rows: both
+    (the spec read literally) where dispatch says so (48 or 64+ rows, schemes without integer tiles), else the
+    integer rows: both
     choices, forced, on every host. Below the row threshold the integer rows always run."""
     from pycohere.kernels import dispatch, tiles
     rng = np.random.default_rng(3)
@@ -131,10 +134,10 @@ def test_a_prefill_takes_the_float_gemm_where_that_measured_faster(scheme, monke
     x = rng.standard_normal((tiles.BROADCAST_MIN_ROWS + 5, W.shape[1])).astype(np.float32)
     rounded = round_activations(x, VEC_DOT_TYPE[scheme])
     codes = int8_dot.gemv_rounded(x, W.arrays["qweight"], scheme)
-    monkeypatch.setattr(dispatch, "_float_prefill", lambda rows: rows >= tiles.BROADCAST_MIN_ROWS)
+    monkeypatch.setattr(dispatch, "_float_prefill", lambda rows, storage: rows >= tiles.BROADCAST_MIN_ROWS)
     np.testing.assert_array_equal(A.matmul(x), fast_weight(W).matmul(rounded))
     np.testing.assert_array_equal(A.matmul(x[:9]), int8_dot.gemv_rounded(x[:9], W.arrays["qweight"], scheme))
-    monkeypatch.setattr(dispatch, "_float_prefill", lambda rows: False)
+    monkeypatch.setattr(dispatch, "_float_prefill", lambda rows, storage: False)
     np.testing.assert_array_equal(A.matmul(x), codes)
     Wd = W.dequantize()
     assert np.all(np.abs(codes - rounded @ Wd.T) <= 1e-5 * (np.abs(rounded) @ np.abs(Wd).T))  # the two agree

@@ -426,11 +426,12 @@ def test_single_threaded_blas_restores_the_count_even_nested_and_on_error():
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 40), out_dim=st.integers(1, 50), blocks=st.integers(1, 4),
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 70), out_dim=st.integers(1, 50), blocks=st.integers(1, 4),
        row_block=st.integers(1, 12))
 def test_bf16_dot_products_equal_the_rounded_spec(seed, M, out_dim, blocks, row_block):
     """activations="llama.cpp" on bf16 weights: x rounded to bf16 times the widened weight (the spec) against
-    kernels.bf16_dot (vdpbf16ps 4 x 4 tiles, every M % 4 and out % 4 remainder, x row blocks of any size),
+    kernels.bf16_dot (vdpbf16ps 4 x 4 tiles, every M % 4 and out % 4 remainder, x row blocks of any size; the
+    broadcast 12 x 32 tiles with partial panels and groups, M up to 70: panels in blocks),
     within float32 summation error; on a CPU without AVX512-BF16 the dispatch keeps the spec's path."""
     from pycohere.kernels import bf16_dot
     from pycohere.kernels.dispatch import fast_weight
@@ -465,8 +466,15 @@ def test_bf16_dot_products_equal_the_rounded_spec(seed, M, out_dim, blocks, row_
     xb = np.empty(x.shape, np.uint16)
     bf16_dot.bf16_bits(x, xb)
     np.testing.assert_array_equal(xb, bf16_bits(x))
-    out = np.full((M, out_dim + 3), -7.0, np.float32)
-    bf16_dot.gemm(xb, raw, np.int64(row_block), out, np.int64(2))   # into columns 2 .. 2 + out_dim
-    np.testing.assert_array_equal(np.isnan(out[:, 2:2 + out_dim]), np.isnan(want))
-    assert (np.abs(out[:, 2:2 + out_dim][finite] - want[finite]) <= bound[finite]).all()
-    assert (out[:, :2] == -7).all() and (out[:, 2 + out_dim:] == -7).all()
+    saved = bf16_dot.PANEL_ROW_BLOCK
+    for gemm in (lambda o: bf16_dot.gemm(xb, raw, np.int64(row_block), o, np.int64(2)),  # into columns 2 ..
+                 lambda o: bf16_dot.gemm_broadcast(xb, raw, o, 2)):                 # the broadcast tiles
+        out = np.full((M, out_dim + 3), -7.0, np.float32)
+        bf16_dot.PANEL_ROW_BLOCK = 32 * row_block                                  # x in blocks of panels
+        try:
+            gemm(out)
+        finally:
+            bf16_dot.PANEL_ROW_BLOCK = saved
+        np.testing.assert_array_equal(np.isnan(out[:, 2:2 + out_dim]), np.isnan(want))
+        assert (np.abs(out[:, 2:2 + out_dim][finite] - want[finite]) <= bound[finite]).all()
+        assert (out[:, :2] == -7).all() and (out[:, 2 + out_dim:] == -7).all()

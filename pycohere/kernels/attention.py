@@ -275,7 +275,8 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
             else:
                 vp = tiles.scratch(-(-Dh // L) * S * L, "attention values").reshape(-1, S, L)  # (ceil(Dh/L), S, L)
                 tiles.pack_rows(vb.T, vp)
-            wf, tmp = tiles.scratch(R * max(S, Dh), "attention rows"), tiles.scratch(R * L, "attention sums")
+            wq, ws = tiles.padded(R, Dh, "attention queries")[0], tiles.padded(R, S, "attention scores")[0]
+            tmp = tiles.scratch(R * L, "attention sums").reshape(R, L)
         mean_v = None
         for t0 in range(0, T, nq_max):
             t1 = min(t0 + nq_max, T)
@@ -287,7 +288,7 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
             if panels:
                 lo = lo // L * L  # from a whole panel of keys (the keys before the window's are masked)
                 scores = np.empty((G * nq, hi - lo), dtype=np.float32)  # (G*nq, hi-lo)
-                tiles.panel_matmul(qb, kp[lo // L:], hi - lo, scores, wf[:R * Dh].reshape(R, Dh), tmp.reshape(R, L))
+                tiles.panel_matmul(qb, kp[lo // L:], hi - lo, scores, wq, tmp)
             else:
                 scores = qb @ kb[lo:hi].T                              # (G*nq, hi-lo)
             seen = np.empty(G * nq, dtype=np.bool_)
@@ -295,8 +296,7 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
                                 seen)
             if panels:
                 o = np.empty((G * nq, Dh), dtype=np.float32)           # (G*nq, Dh)
-                tiles.panel_matmul(scores, vp[:, lo:hi], Dh, o, wf[:R * (hi - lo)].reshape(R, hi - lo),
-                                   tmp.reshape(R, L))
+                tiles.panel_matmul(scores, vp[:, lo:hi], Dh, o, ws[:, :hi - lo], tmp)
             else:
                 o = scores @ vb[lo:hi]                                 # (G*nq, Dh)
             if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys

@@ -13,14 +13,17 @@ Why it is faster than ``tiles.gemm`` on the same rounded x: one instruction does
 float32 FMA does 16, and neither operand is widened first (the weight's bf16 bits are loaded as they are
 mapped; the activations are rounded to bf16 bits once per matmul, half the bytes of float32).
 
-``gemm`` keeps ``tiles.gemm``'s layout: 4 x 4 tiles (4 activation rows by 4 weight rows, 16 vector
+``gemm`` keeps ``tiles.gemm_4x4``'s layout: 4 x 4 tiles (4 activation rows by 4 weight rows, 16 vector
 accumulators) parallel over groups of 4 weight rows, activation rows taken ``row_block`` at a time so they
-stay in L2. Needs the input width to be a multiple of 32 (``supported``); ``vdpbf16ps`` treats subnormal
+stay in L2. From ``PANEL_MIN_ROWS`` rows ``gemm_broadcast`` runs ``tiles``' broadcast micro-kernel in bf16
+pairs instead (12 x 32 tiles; no lane sums at the end). Needs the input width to be a multiple of 32 (``supported``); ``vdpbf16ps`` treats subnormal
 inputs and results as zero (a weight or rounded activation below 1.2e-38 in magnitude counts as 0).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
+from numba import get_thread_id
 
 from .jit import JIT_DISABLED, cpu_features, njit, prange
 from .rounding import bf16_round_bits
@@ -161,8 +164,102 @@ if AVAILABLE:
                             _t11(x, i, w, jj, out, i, col0 + jj)
 
 
+    # --- the broadcast form (``tiles``' micro-kernel, in bf16 pairs): ``gemm_panels`` -------------------------
+    # x's bf16 bits are packed into panels of 32 rows, two bf16 of a row per 32-bit lane:
+    # ``xp[p, k2, l] = x[32 p + l, 2 k2] | x[32 p + l, 2 k2 + 1] << 16`` (``tiles.pack_x`` on x's bits viewed as
+    # uint32). Each step k2 loads the panel's 2 vectors and broadcasts a 32-bit pair of each of 12 weight rows
+    # (their bits as mapped, copied once per group; no widening): 24 ``vdpbf16ps``, 768 multiply-adds, the
+    # 12 x 32 sums in 24 registers (BLIS's skylakex shape, as ``tiles.PANELS_AVX512``).
+    PANEL_ROWS, PANEL_LANES = 12, 32
+
+    @intrinsic
+    def _panel_tile(typingctx, w, j, xp, p, tmp):
+        """tmp[a, l] = sum_k x[32 p + l, k] w[j + a, k] (float32 sums) for a < 12, l < 32: w (N, K) bf16 bits
+        (uint16, rows contiguous; rows j .. j + 11 exist), xp (P, K / 2, 32) uint32 panels, tmp (12, 32)
+        float32, both C-contiguous."""
+        sig = types.void(w, j, xp, p, tmp)
+
+        def codegen(context, builder, signature, args):
+            b = builder
+            wa, ja, xa, pa, ta = args
+            arr = lambda t, a: context.make_array(t)(context, b, a)  # noqa: E731
+            W, X, T = arr(signature.args[0], wa), arr(signature.args[2], xa), arr(signature.args[4], ta)
+            i8p, i32p = _I8.as_pointer(), _I32.as_pointer()
+            wstride = b.extract_value(W.strides, 0)
+            wrows = [b.bitcast(b.gep(b.bitcast(W.data, i8p), [b.mul(b.add(ja, ir.Constant(_I64, a)), wstride)]),
+                               i32p) for a in range(PANEL_ROWS)]
+            steps = b.extract_value(X.shape, 1)
+            panel = b.gep(b.bitcast(X.data, i32p), [b.mul(b.mul(pa, steps), ir.Constant(_I64, PANEL_LANES))])
+            dp = b.module.declare_intrinsic("llvm.x86.avx512bf16.dpbf16ps.512",
+                                            fnty=ir.FunctionType(_F16V, [_F16V, _BF32, _BF32]))
+            v16 = vec(_I32, 16)
+
+            def body(k, accs):
+                at = b.gep(panel, [b.mul(k, ir.Constant(_I64, PANEL_LANES))])
+                xs = [b.load(b.bitcast(b.gep(at, [ir.Constant(_I64, 16 * h)]), _BF32.as_pointer()), align=4)
+                      for h in range(2)]
+                out = []
+                for a in range(PANEL_ROWS):
+                    pair = b.load(b.gep(wrows[a], [k]), align=2)  # w[j + a, 2 k], w[j + a, 2 k + 1]
+                    s = b.insert_element(ir.Constant(v16, None), pair, ir.Constant(_I32, 0))
+                    s = b.bitcast(b.shuffle_vector(s, ir.Constant(v16, None), ir.Constant(v16, [0] * 16)), _BF32)
+                    out += [b.call(dp, [accs[2 * a + h], xs[h], s]) for h in range(2)]
+                return out
+
+            zero = ir.Constant(_F16V, [0.0] * 16)
+            accs = counted_loop(b, ir.Constant(_I64, 0), steps, [zero] * (2 * PANEL_ROWS), body, unroll=False)
+            t = b.bitcast(T.data, _F32.as_pointer())
+            for e, v in enumerate(accs):  # accumulator 2 a + h: lanes 16 h .. 16 h + 15 of row a
+                b.store(v, b.bitcast(b.gep(t, [ir.Constant(_I64, 16 * e)]), _F16V.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+
+    @njit(cache=True, parallel=True)
+    def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
+        """out[:M, col0:col0 + N] = x @ W.T over float32 sums from x's bf16 panels ``xp`` (P, K / 2, 32) and W
+        (N, K) bf16 bits; parallel over groups of 12 weight rows, each copied into wbuf[thread] (12, K) (rows
+        ``tiles.padded``: the mapped rows of a 2^n-wide matrix share one L1 set; zeros past the last row),
+        tbuf[thread] (12, 32) a tile's sums. Twin: as ``gemm``'s."""
+        P = xp.shape[0]
+        N, K = w.shape
+        R, L = PANEL_ROWS, PANEL_LANES
+        for g in prange((N + R - 1) // R):
+            wg, tmp = wbuf[get_thread_id()], tbuf[get_thread_id()]
+            j = g * R
+            n = min(R, N - j)
+            for a in range(R):
+                for k in range(K):
+                    wg[a, k] = w[j + a, k] if a < n else 0
+            for p in range(P):
+                _panel_tile(wg, 0, xp, p, tmp)
+                for l in range(min(L, M - L * p)):
+                    for a in range(n):
+                        out[L * p + l, col0 + j + a] = tmp[a, l]
+
+
 #: activation rows per pass of ``gemm``: 256 rows of a 2048-wide x in bf16 are 1 MiB (a Zen 5 core's L2)
 ROW_BLOCK = 256
+#: ``matmul`` runs the broadcast form (``gemm_panels``) from this many rows (fewer: the 4 x 4 tiles, level with
+#: it at 128 rows; 1.0-1.8x slower at 256-512, BENCHMARKS.md "Round 5"), x in blocks of ``PANEL_ROW_BLOCK`` rows
+#: (the panels of 512 rows of a 2048-wide x are 2 MiB)
+PANEL_MIN_ROWS = 256
+PANEL_ROW_BLOCK = 512
+
+
+def gemm_broadcast(xb: np.ndarray, w: np.ndarray, out: np.ndarray, col0: int = 0) -> None:
+    """``gemm``'s result by ``gemm_panels``, x's bf16 bits xb (M, K) packed block by block."""
+    from . import tiles
+    M, K = xb.shape
+    threads = numba.config.NUMBA_NUM_THREADS
+    tbuf = tiles.scratch(threads * PANEL_ROWS * PANEL_LANES, "bf16 sums").reshape(threads, PANEL_ROWS, PANEL_LANES)
+    wbuf = tiles.padded(PANEL_ROWS, K, "bf16 rows", np.uint16, threads)  # (threads, 12, K)
+    x32 = xb.view(np.uint32)                                          # (M, K/2): a row's bf16 pairs
+    for i0 in range(0, M, PANEL_ROW_BLOCK):
+        i1 = min(i0 + PANEL_ROW_BLOCK, M)
+        P = -(-(i1 - i0) // PANEL_LANES)
+        xp = np.empty((P, K // 2, PANEL_LANES), dtype=np.uint32)       # (P, K/2, 32) the panels
+        tiles.pack_x(x32[i0:i1], xp)
+        gemm_panels(xp, np.int64(i1 - i0), w, out[i0:i1], np.int64(col0), wbuf, tbuf)
 
 
 def matmul(x2: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -171,5 +268,8 @@ def matmul(x2: np.ndarray, w: np.ndarray) -> np.ndarray:
     xb = np.empty(x2.shape, dtype=np.uint16)
     bf16_bits(x2, xb)
     out = np.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
-    gemm(xb, w, np.int64(ROW_BLOCK), out, np.int64(0))
+    if x2.shape[0] >= PANEL_MIN_ROWS:
+        gemm_broadcast(xb, w, out)
+    else:
+        gemm(xb, w, np.int64(ROW_BLOCK), out, np.int64(0))
     return out

@@ -78,14 +78,17 @@ def _bf16_dot_raw(w: "LlamaCppActivations"):
     return None
 
 
-def _float_prefill(rows: int) -> bool:
+def _float_prefill(rows: int, storage: str) -> bool:
     """Whether a matmul of ``rows`` input rows under ``activations="llama.cpp"`` runs the float GEMM on the rounded
     activations (the spec read literally; quantized weights: dequantized tiles, then ``tiles.gemm``) rather
-    than integer rows (``int8_dot``): on AVX2 hosts (``tiles.AVX2_TILES``, where the 512-bit integer tiles do not
-    exist), from ``tiles.BROADCAST_MIN_ROWS`` rows, where the broadcast GEMM measured faster (BENCHMARKS.md
-    "Round 4")."""
-    from . import irows, tiles
-    return tiles.AVX2_TILES and not irows.TILES and rows >= tiles.BROADCAST_MIN_ROWS
+    than integer rows (``int8_dot``): from ``tiles.BROADCAST_MIN_ROWS`` rows where the broadcast GEMM runs
+    (``tiles.gemm_host``) and ``storage`` has no integer tiles on this host (``int8_dot.TILE_KINDS`` with
+    ``irows.TILES``: q8_0, q4_0, q4_k with AVX-512 VNNI), where the float GEMM measured faster than the integer
+    rows (AVX2 hosts: every scheme, BENCHMARKS.md "Round 4"; AVX-512: q6_k, "Round 5")."""
+    from . import int8_dot, irows, tiles
+    tiled = (irows.TILES and storage in int8_dot.SCHEMES
+             and int8_dot.SCHEMES.index(storage) in int8_dot.TILE_KINDS)
+    return tiles.gemm is tiles.gemm_host and not tiled and rows >= tiles.BROADCAST_MIN_ROWS
 
 
 def prefill_path(w: Weight) -> str:
@@ -97,10 +100,12 @@ def prefill_path(w: Weight) -> str:
         return prefill_path(w.inner)
     if isinstance(w, LlamaCppActivations):
         if _bf16_dot_raw(w) is not None:
-            return "bf16 dot products (vdpbf16ps, kernels.bf16_dot)"
+            from . import bf16_dot
+            return (f"bf16 dot products (vdpbf16ps, kernels.bf16_dot: 4 x 4 tiles, broadcast 12 x 32 tiles from "
+                    f"{bf16_dot.PANEL_MIN_ROWS} input rows)")
         has_codes = getattr(w.weight, "arrays", {}).get("qweight") is not None
         if w.storage in int8_dot.SCHEMES and int8_dot.AVAILABLE and has_codes:
-            if _float_prefill(tiles.BROADCAST_MIN_ROWS):
+            if _float_prefill(tiles.BROADCAST_MIN_ROWS, w.storage):
                 return (f"dequantized tiles, then kernels.tiles.{tiles.gemm.__name__}, on the rounded activations "
                         f"from {tiles.BROADCAST_MIN_ROWS} input rows; integer rows, four activation rows per "
                         f"weight pass ({irows.isa()}), below")
@@ -197,7 +202,7 @@ def _kernels(w: Weight):
 
         def matmul(x):
             if ((w.storage in int8_dot.SCHEMES or w.storage in iquant.SCHEMES) and qweight is not None
-                    and not _float_prefill(int(np.prod(x.shape[:-1])))):
+                    and not _float_prefill(int(np.prod(x.shape[:-1])), w.storage)):
                 y = rounded(x.reshape(-1, x.shape[-1]), qweight, w.storage)
                 if y is not None:
                     return y.reshape(x.shape[:-1] + (w.shape[0],))

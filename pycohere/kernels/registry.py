@@ -159,6 +159,16 @@ def _fast_rounded_matmul_bf16(w, x):
     return fast_weight(LlamaCppActivations(w)).matmul(x)
 
 
+def _broadcast_rounded_matmul_bf16(w, x):
+    """bf16_dot's broadcast tiles at any row count (``matmul`` takes them from PANEL_MIN_ROWS rows)."""
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    xb = np.empty(x2.shape, dtype=np.uint16)
+    bf16_dot.bf16_bits(x2, xb)
+    out = np.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
+    bf16_dot.gemm_broadcast(xb, w.raw, out)
+    return out.reshape(x.shape[:-1] + (w.shape[0],))
+
+
 def _spec_round_q8_k(x):
     return round_q8_k(x)
 
@@ -292,6 +302,8 @@ def _twins() -> tuple[Twin, ...]:
     if bf16_dot.AVAILABLE:  # AVX512-BF16 hosts: bf16 weights times bf16-rounded activations (vdpbf16ps)
         twins.append(Twin("rounded-matmul/BF16", "rounded-matmul", "BF16", _spec_rounded_matmul_bf16,
                           _fast_rounded_matmul_bf16, (bf16_dot.bf16_bits, bf16_dot.gemm), "summation"))
+        twins.append(Twin("rounded-matmul/BF16-broadcast", "rounded-matmul", "BF16", _spec_rounded_matmul_bf16,
+                          _broadcast_rounded_matmul_bf16, (bf16_dot.bf16_bits, bf16_dot.gemm_panels), "summation"))
     # the integer rows' plain loops (their readable form) against the same spec
     twins += [Twin(f"rounded-reference/{s}", "rounded-matmul", s,
                    _spec_rounded_matmul if irows.KINDS[s] == "q8_0" else _spec_rounded_matmul_q8_k,

@@ -236,11 +236,12 @@ if not JIT_DISABLED:
 
     _I64, _F32 = ir.IntType(64), ir.FloatType()
 
-    def _tile_code(b, wdata, K, panel, kstride, dst, dstride, R, L, V):
-        """The IR of one R x L tile (``_tile``) for the shape (R, L, V); panel, dst: i8 pointers, strides in
-        bytes (step k of the panel at panel + k kstride, row a of the tile at dst + a dstride)."""
+    def _tile_code(b, wdata, wstride, K, panel, kstride, dst, dstride, R, L, V):
+        """The IR of one R x L tile (``_tile``) for the shape (R, L, V); wdata, panel, dst: i8 pointers, strides
+        in bytes (row a of the weights at wdata + a wstride, step k of the panel at panel + k kstride, row a of
+        the tile at dst + a dstride)."""
         fv = vec(_F32, V)
-        wrows = [b.gep(wdata, [b.mul(ir.Constant(_I64, a), K)]) for a in range(R)]
+        wrows = [b.bitcast(b.gep(wdata, [b.mul(ir.Constant(_I64, a), wstride)]), _F32.as_pointer()) for a in range(R)]
         # fmuladd: one vfmadd where the CPU has FMA (always, where this kernel is chosen), else mul + add
         fma = b.module.declare_intrinsic(f"llvm.fmuladd.v{V}f32", fnty=ir.FunctionType(fv, [fv] * 3))
         nv = L // V
@@ -265,8 +266,8 @@ if not JIT_DISABLED:
 
     @intrinsic
     def _tile(typingctx, wf, xp, p, tmp):
-        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < R, l < L: wf (R, K) C-contiguous; xp (P, K, L) and tmp
-        (R, L) of any strides but a contiguous last axis (``panel_matmul`` passes V in place and writes into its
+        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < R, l < L: wf (R, K), xp (P, K, L) and tmp (R, L) of any
+        strides but a contiguous last axis (``padded``: wf's rows) (``panel_matmul`` passes V in place and writes into its
         output); all float32; (R, L) one of ``PANEL_SHAPES``, chosen at run time: one compiled function serves both."""
         sig = types.void(wf, xp, p, tmp)
 
@@ -277,7 +278,7 @@ if not JIT_DISABLED:
             W, X, T = arr(signature.args[0], wa), arr(signature.args[1], xa), arr(signature.args[3], ta)
             R, K, L = b.extract_value(W.shape, 0), b.extract_value(W.shape, 1), b.extract_value(X.shape, 2)
             i8p = ir.IntType(8).as_pointer()
-            wdata = b.bitcast(W.data, _F32.as_pointer())
+            wdata, wstride = b.bitcast(W.data, i8p), b.extract_value(W.strides, 0)
             panel = b.gep(b.bitcast(X.data, i8p), [b.mul(pa, b.extract_value(X.strides, 0))])
             kstride, dstride = b.extract_value(X.strides, 1), b.extract_value(T.strides, 0)
             dst = b.bitcast(T.data, i8p)
@@ -287,7 +288,7 @@ if not JIT_DISABLED:
                 b.cbranch(b.and_(b.icmp_signed("==", R, ir.Constant(_I64, r)),
                                  b.icmp_signed("==", L, ir.Constant(_I64, l))), this, other)
                 b.position_at_end(this)
-                _tile_code(b, wdata, K, panel, kstride, dst, dstride, r, l, v)
+                _tile_code(b, wdata, wstride, K, panel, kstride, dst, dstride, r, l, v)
                 b.branch(done)
                 b.position_at_end(other)
             b.branch(done)  # no other shape is made (``_buffers``)
@@ -392,11 +393,20 @@ def _pack(x, lanes: int):
     return xp
 
 
+def padded(rows: int, K: int, slot: str, dtype=np.float32, count: int = 1) -> np.ndarray:
+    """``count`` x (rows, K) of this thread's ``slot`` buffer, each row 64 bytes longer than K values (a view):
+    rows 2^n bytes apart (K = 2048 float32 or 4096 bf16) would all fall in one set of a 12-way L1 (48 KiB on
+    Zen 5: 64 sets of 64 bytes, 4 KiB apart), and the 12 weight rows of a tile and its panel evict each other."""
+    width = K + 64 // np.dtype(dtype).itemsize
+    buf = scratch(-(-count * rows * width * np.dtype(dtype).itemsize // 4), slot).view(dtype)
+    return buf[:count * rows * width].reshape(count, rows, width)[:, :, :K]
+
+
 def _buffers(K: int, shape: tuple):
     """``gemm_panels``' per-thread buffers for rows of K values and a tile ``shape`` (reused across calls: a fresh
     large array page-faults on first write, see above)."""
     threads, (R, L, _) = numba.config.NUMBA_NUM_THREADS, shape
-    return (scratch(threads * R * K, "widened").reshape(threads, R, K),
+    return (padded(R, K, "widened", count=threads),
             scratch(threads * R * L, "sums").reshape(threads, R, L))
 
 
