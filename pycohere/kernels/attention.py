@@ -296,7 +296,7 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
                                 seen)
             if panels:
                 o = np.empty((G * nq, Dh), dtype=np.float32)           # (G*nq, Dh)
-                tiles.panel_matmul(scores, vp[:, lo:hi], Dh, o, ws[:, :hi - lo], tmp)
+                tiles.panel_matmul(scores, vp[:, lo:hi], Dh, o, ws, tmp)
             else:
                 o = scores @ vb[lo:hi]                                 # (G*nq, Dh)
             if not seen.all():  # fully masked rows: the spec's uniform softmax over all S keys

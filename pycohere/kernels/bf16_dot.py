@@ -16,8 +16,9 @@ mapped; the activations are rounded to bf16 bits once per matmul, half the bytes
 ``gemm`` keeps ``tiles.gemm_4x4``'s layout: 4 x 4 tiles (4 activation rows by 4 weight rows, 16 vector
 accumulators) parallel over groups of 4 weight rows, activation rows taken ``row_block`` at a time so they
 stay in L2. From ``PANEL_MIN_ROWS`` rows ``gemm_broadcast`` runs ``tiles``' broadcast micro-kernel in bf16
-pairs instead (12 x 32 tiles; no lane sums at the end). Needs the input width to be a multiple of 32 (``supported``); ``vdpbf16ps`` treats subnormal
-inputs and results as zero (a weight or rounded activation below 1.2e-38 in magnitude counts as 0).
+pairs instead (12 x 32 tiles; no lane sums at the end). Needs the input width to be a multiple of 32
+(``supported``); ``vdpbf16ps`` treats subnormal inputs and results as zero (a weight or rounded activation
+below 1.2e-38 in magnitude counts as 0).
 """
 from __future__ import annotations
 
@@ -174,8 +175,8 @@ if AVAILABLE:
 
     @intrinsic
     def _panel_tile(typingctx, w, j, xp, p, tmp):
-        """tmp[a, l] = sum_k x[32 p + l, k] w[j + a, k] (float32 sums) for a < 12, l < 32: w (N, K) bf16 bits
-        (uint16, rows contiguous; rows j .. j + 11 exist), xp (P, K / 2, 32) uint32 panels, tmp (12, 32)
+        """tmp[a, l] = sum_{k < K} x[32 p + l, k] w[j + a, k] (float32 sums) for a < 12, l < 32: w (N, >= K)
+        bf16 bits (uint16, rows contiguous; rows j .. j + 11 exist), xp (P, K / 2, 32) uint32 panels, tmp (12, 32)
         float32, both C-contiguous."""
         sig = types.void(w, j, xp, p, tmp)
 
@@ -217,7 +218,7 @@ if AVAILABLE:
     @njit(cache=True, parallel=True)
     def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
         """out[:M, col0:col0 + N] = x @ W.T over float32 sums from x's bf16 panels ``xp`` (P, K / 2, 32) and W
-        (N, K) bf16 bits; parallel over groups of 12 weight rows, each copied into wbuf[thread] (12, K) (rows
+        (N, K) bf16 bits; parallel over groups of 12 weight rows, each copied into wbuf[thread] (12, >= K) (rows
         ``tiles.padded``: the mapped rows of a 2^n-wide matrix share one L1 set; zeros past the last row),
         tbuf[thread] (12, 32) a tile's sums. Twin: as ``gemm``'s."""
         P = xp.shape[0]
@@ -227,9 +228,10 @@ if AVAILABLE:
             wg, tmp = wbuf[get_thread_id()], tbuf[get_thread_id()]
             j = g * R
             n = min(R, N - j)
-            for a in range(R):
+            for a in range(n):
                 for k in range(K):
-                    wg[a, k] = w[j + a, k] if a < n else 0
+                    wg[a, k] = w[j + a, k]
+            wg[n:] = 0
             for p in range(P):
                 _panel_tile(wg, 0, xp, p, tmp)
                 for l in range(min(L, M - L * p)):
@@ -252,7 +254,7 @@ def gemm_broadcast(xb: np.ndarray, w: np.ndarray, out: np.ndarray, col0: int = 0
     M, K = xb.shape
     threads = numba.config.NUMBA_NUM_THREADS
     tbuf = tiles.scratch(threads * PANEL_ROWS * PANEL_LANES, "bf16 sums").reshape(threads, PANEL_ROWS, PANEL_LANES)
-    wbuf = tiles.padded(PANEL_ROWS, K, "bf16 rows", np.uint16, threads)  # (threads, 12, K)
+    wbuf = tiles.padded(PANEL_ROWS, K, "bf16 rows", np.uint16, threads)  # (threads, 12, K + 32)
     x32 = xb.view(np.uint32)                                          # (M, K/2): a row's bf16 pairs
     for i0 in range(0, M, PANEL_ROW_BLOCK):
         i1 = min(i0 + PANEL_ROW_BLOCK, M)

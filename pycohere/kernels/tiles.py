@@ -266,9 +266,10 @@ if not JIT_DISABLED:
 
     @intrinsic
     def _tile(typingctx, wf, xp, p, tmp):
-        """tmp[a, l] = sum_k wf[a, k] xp[p, k, l] for a < R, l < L: wf (R, K), xp (P, K, L) and tmp (R, L) of any
-        strides but a contiguous last axis (``padded``: wf's rows) (``panel_matmul`` passes V in place and writes into its
-        output); all float32; (R, L) one of ``PANEL_SHAPES``, chosen at run time: one compiled function serves both."""
+        """tmp[a, l] = sum_{k < K} wf[a, k] xp[p, k, l] for a < R, l < L: wf (R, >= K) (rows ``padded``), xp (P, K,
+        L) and tmp (R, L) of any strides but a contiguous last axis (``panel_matmul`` passes V in place and writes
+        into its output); all float32; (R, L) one of ``PANEL_SHAPES``, chosen at run time: one compiled function
+        serves both."""
         sig = types.void(wf, xp, p, tmp)
 
         def codegen(context, builder, signature, args):
@@ -276,7 +277,7 @@ if not JIT_DISABLED:
             wa, xa, pa, ta = args
             arr = lambda t, a: context.make_array(t)(context, b, a)  # noqa: E731
             W, X, T = arr(signature.args[0], wa), arr(signature.args[1], xa), arr(signature.args[3], ta)
-            R, K, L = b.extract_value(W.shape, 0), b.extract_value(W.shape, 1), b.extract_value(X.shape, 2)
+            R, K, L = b.extract_value(W.shape, 0), b.extract_value(X.shape, 1), b.extract_value(X.shape, 2)
             i8p = ir.IntType(8).as_pointer()
             wdata, wstride = b.bitcast(W.data, i8p), b.extract_value(W.strides, 0)
             panel = b.gep(b.bitcast(X.data, i8p), [b.mul(pa, b.extract_value(X.strides, 0))])
@@ -298,7 +299,7 @@ if not JIT_DISABLED:
 else:
     def _tile(wf, xp, p, tmp):
         """Plain Python twin of the IR tile (NUMBA_DISABLE_JIT)."""
-        tmp[...] = wf @ xp[p]
+        tmp[...] = wf[:, :xp.shape[1]] @ xp[p]
 
 
 @njit(cache=True, inline="always")
@@ -324,7 +325,7 @@ def _panel_group(xp, M, w, out, col0, wf, tmp, g):
 def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
     """out[:M, col0:col0 + N] = x @ W.T from x's panels ``xp`` (``pack_x``) and W (N, K): bf16 bits (uint16),
     f16 bits (int16) or float32. Parallel over groups of R weight rows; each thread widens its group into
-    wbuf[thread] (R, K) (a vectorised widening) and takes a tile's sums in tbuf[thread] (R, L). (No blocks of k
+    wbuf[thread] (R, >= K) (a vectorised widening; ``padded``) and takes a tile's sums in tbuf[thread] (R, L). (No blocks of k
     as BLIS's kc: they measured no faster on Zen 5, BENCHMARKS.md "Round 5".)"""
     R = wbuf.shape[1]
     for g in prange((w.shape[0] + R - 1) // R):
@@ -394,12 +395,13 @@ def _pack(x, lanes: int):
 
 
 def padded(rows: int, K: int, slot: str, dtype=np.float32, count: int = 1) -> np.ndarray:
-    """``count`` x (rows, K) of this thread's ``slot`` buffer, each row 64 bytes longer than K values (a view):
-    rows 2^n bytes apart (K = 2048 float32 or 4096 bf16) would all fall in one set of a 12-way L1 (48 KiB on
-    Zen 5: 64 sets of 64 bytes, 4 KiB apart), and the 12 weight rows of a tile and its panel evict each other."""
+    """(count, rows, K + 64 bytes) of this thread's ``slot`` buffer, C-contiguous (so loops over a row's first K
+    values vectorise; the kernels take K from their other operand): rows 2^n bytes apart (K = 2048 float32 or
+    4096 bf16) would all fall in one set of a 12-way L1 (48 KiB on Zen 5: 64 sets of 64 bytes, 4 KiB apart),
+    and the 12 weight rows of a tile and its panel evict each other (BENCHMARKS.md "Round 5")."""
     width = K + 64 // np.dtype(dtype).itemsize
     buf = scratch(-(-count * rows * width * np.dtype(dtype).itemsize // 4), slot).view(dtype)
-    return buf[:count * rows * width].reshape(count, rows, width)[:, :, :K]
+    return buf[:count * rows * width].reshape(count, rows, width)
 
 
 def _buffers(K: int, shape: tuple):
