@@ -13,9 +13,9 @@ an optional peer) run the same weights side by side.
 
 Default shape is Command-R-like (hidden 2048, ffn 5632, 16 heads of 128, 8 layers, vocab 256000, tied,
 bf16: ~1.9 GB), generated once into --ckpt with tools/make_synthetic_checkpoint.py. Every measurement
-runs in a fresh worker process (clean RSS), implementations alternate within each repetition, and the
-machine's streaming bandwidth is measured in the same run so decode can be quoted against the roofline
-(weight bytes read per token / bandwidth). Not a test: the numbers go to BENCHMARKS.md.
+runs in a fresh worker process (clean RSS), implementations alternate within each repetition (odd
+repetitions in reverse order), and the machine's streaming bandwidth is measured in the same run so decode
+can be quoted against the roofline (weight bytes read per token / bandwidth). Not a test: the numbers go to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -402,7 +402,10 @@ def main(argv=None):
     bws = []
     for rep in range(args.reps):
         bws.append(bandwidth_gbs())
-        for impl in impls:
+        # odd reps run the list backwards (A B .. B A): a drift of the host's speed over a rep, and whatever one
+        # worker leaves behind for the next (a 6 GB transformers fp32 process exiting: BENCHMARKS.md "Round 5"),
+        # fall on different neighbours each rep, while a pair compared side by side stays adjacent
+        for impl in (impls if rep % 2 == 0 else impls[::-1]):
             kind, path = where[impl]
             n = args.numpy_decode if kind == "numpy" else args.decode
             cmd = [sys.executable, __file__, "--worker", kind, "--ckpt", path, "--prompt", str(args.prompt),
