@@ -199,13 +199,14 @@ from pycohere.io.dtypes import bf16_bits, widen  # noqa: E402
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), T=st.integers(5, 20), past=st.integers(0, 40),
        kv_start=st.integers(0, 6), K=st.integers(1, 2), G=st.integers(1, 3), window=st.sampled_from([0, 1, 3, 7]),
        block=st.integers(1, 8), score_values=st.sampled_from([8, 64, 1 << 21]), padded=st.booleans(),
-       Dh=st.sampled_from([8, 32, 64]))
+       Dh=st.sampled_from([8, 32, 48, 64]))
 def test_blocked_attention_equals_the_spec(tile, seed, B, T, past, kv_start, K, G, window, block, score_values,
                                            padded, Dh):
     """kv_start > 0 is a sliding layer's cache after compaction; small score blocks shrink the query
     blocks (down to one query); padding makes fully masked rows (the spec: mean of V over all keys). The
     products by BLAS or by tiles.panel_matmul in either tile on any host (Dh of whole panels: V read in place;
-    8: V packed; windows from a key inside a panel; partial tiles of queries and keys)."""
+    8 or 48: V packed, one or several panels; windows from a key inside a panel; partial tiles of queries and
+    keys)."""
     rng = np.random.default_rng(seed)
     S = past + T
     q = rng.standard_normal((B, T, K * G, Dh)).astype(np.float32)
@@ -341,6 +342,50 @@ def test_tiled_matmul_packs_x_once_for_every_tile(shape, seed, M, out_dim, in_di
         tiles.gemm, tiles.BROADCAST_MIN_ROWS, tiles.PANEL_TILE_ELEMENTS, tiles.PANELS = saved
     want = x @ w.T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_a_tile_shape_that_is_not_compiled_is_refused():
+    """The compiled tile computes only PANEL_SHAPES (any other would leave its output unwritten)."""
+    from pycohere.errors import BackendError
+    x, w = np.ones((4, 8), np.float32), np.ones((3, 8), np.float32)
+    with pytest.raises(BackendError, match="no broadcast tile"):
+        tiles.gemm_broadcast(x, w, np.int64(4), np.empty((4, 3), np.float32), np.int64(0), shape=(4, 16, 8))
+    q = np.ones((1, 6, 1, 8), np.float32)
+    with pytest.raises(BackendError, match="no broadcast tile"):
+        A.blocked_attention(q, q, q, np.arange(6), 0, np.ones((1, 6), bool), 0, tile=(8, 32, 16))
+
+
+def test_blocked_attention_reads_only_float32_rows_in_place():
+    """V read in place as panels needs float32 rows with a contiguous last axis; any other V is packed."""
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((1, 40, 2, 32)).astype(np.float32)
+    k = rng.standard_normal((1, 40, 2, 32)).astype(np.float32)
+    big = rng.standard_normal((1, 40, 2, 64)).astype(np.float32)
+    idx = np.arange(40)
+    want = L.attention(q, k, big[..., ::2], L.attention_mask(idx, idx, None, None))
+    for tile in tiles.PANEL_SHAPES:
+        got = A.blocked_attention(q, k, big[..., ::2], idx, 0, np.ones((1, 40), bool), 0, tile=tile)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_matmul_takes_the_broadcast_tiles_from_their_rows():
+    """bf16_dot.matmul from PANEL_MIN_ROWS rows (the broadcast tiles, x in blocks) equals its 4 x 4 tiles; without
+    AVX512-BF16 the dispatch never offers it (``supported`` is False)."""
+    from pycohere.kernels import bf16_dot
+    if not bf16_dot.AVAILABLE:
+        assert not bf16_dot.supported(256)
+        return
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((bf16_dot.PANEL_MIN_ROWS + 37, 256)).astype(np.float32)
+    raw = bf16_bits(rng.standard_normal((29, 256)).astype(np.float32))
+    xb = np.empty(x.shape, np.uint16)
+    bf16_dot.bf16_bits(x, xb)
+    tiles4 = np.empty((x.shape[0], 29), np.float32)
+    bf16_dot.gemm(xb, raw, np.int64(bf16_dot.ROW_BLOCK), tiles4, np.int64(0))
+    xr, wr = widen(xb, "BF16"), widen(raw, "BF16")
+    bound = 4 * 264 * np.finfo(np.float32).eps * (np.abs(xr) @ np.abs(wr).T)
+    got = bf16_dot.matmul(x, raw)
+    assert (np.abs(got - tiles4) <= 2 * bound).all() and (np.abs(got - xr @ wr.T) <= bound).all()
 
 
 def test_scratch_is_per_thread():

@@ -261,7 +261,7 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
 
     # the two products: panel_matmul in tiles of ``tile`` (one of tiles.PANEL_SHAPES; None: the host's choice,
     # tiles.PANEL_ATTENTION), or BLAS (``tile=()``)
-    tile = (tiles.PANELS if tiles.PANEL_ATTENTION else ()) if tile is None else tile
+    tile = (tiles.PANELS if tiles.PANEL_ATTENTION else ()) if tile is None else tile and tiles.check_shape(tile)
     R, L, _ = tile or tiles.PANELS
     panels = bool(tile)
 
@@ -270,7 +270,7 @@ def blocked_attention(q, k, v, q_index, kv_start, kv_valid, window, block=ATTENT
         if panels:  # keys packed once per job; V read in place where Dh is whole panels: vp[p, s, l] = V[s, L p + l]
             kp = tiles.scratch(-(-S // L) * Dh * L, "attention keys").reshape(-1, Dh, L)  # (ceil(S/L), Dh, L)
             tiles.pack_rows(kb, kp)
-            if Dh % L == 0:
+            if Dh % L == 0 and vb.dtype == np.float32 and vb.strides[1] == 4:  # float32 rows, contiguous
                 vp = np.lib.stride_tricks.as_strided(vb, (Dh // L, S, L), (4 * L, vb.strides[0], 4))  # (Dh/L, S, L)
             else:
                 vp = tiles.scratch(-(-Dh // L) * S * L, "attention values").reshape(-1, S, L)  # (ceil(Dh/L), S, L)

@@ -26,6 +26,7 @@ import numba
 import numpy as np
 from numba import get_thread_id
 
+from ..errors import BackendError
 from .jit import FAST, JIT_DISABLED, cpu_features, f16_as_f32, njit, prange, u32_as_f32
 
 
@@ -325,8 +326,8 @@ def _panel_group(xp, M, w, out, col0, wf, tmp, g):
 def gemm_panels(xp, M, w, out, col0, wbuf, tbuf):
     """out[:M, col0:col0 + N] = x @ W.T from x's panels ``xp`` (``pack_x``) and W (N, K): bf16 bits (uint16),
     f16 bits (int16) or float32. Parallel over groups of R weight rows; each thread widens its group into
-    wbuf[thread] (R, >= K) (a vectorised widening; ``padded``) and takes a tile's sums in tbuf[thread] (R, L). (No blocks of k
-    as BLIS's kc: they measured no faster on Zen 5, BENCHMARKS.md "Round 5".)"""
+    wbuf[thread] (R, >= K) (a vectorised widening; ``padded``) and takes a tile's sums in tbuf[thread] (R, L).
+    (No blocks of k as BLIS's kc: they measured no faster on Zen 5, BENCHMARKS.md "Round 5".)"""
     R = wbuf.shape[1]
     for g in prange((w.shape[0] + R - 1) // R):
         _panel_group(xp, M, w, out, col0, wbuf[get_thread_id()], tbuf[get_thread_id()], g)
@@ -404,10 +405,18 @@ def padded(rows: int, K: int, slot: str, dtype=np.float32, count: int = 1) -> np
     return buf[:count * rows * width].reshape(count, rows, width)
 
 
+def check_shape(shape) -> tuple:
+    """``shape`` if it is one of PANEL_SHAPES (the compiled tile computes only those; any other would leave its
+    output unwritten), else a BackendError."""
+    if tuple(shape) not in PANEL_SHAPES:
+        raise BackendError(f"no broadcast tile of shape {tuple(shape)}; the compiled ones are {PANEL_SHAPES}")
+    return tuple(shape)
+
+
 def _buffers(K: int, shape: tuple):
     """``gemm_panels``' per-thread buffers for rows of K values and a tile ``shape`` (reused across calls: a fresh
     large array page-faults on first write, see above)."""
-    threads, (R, L, _) = numba.config.NUMBA_NUM_THREADS, shape
+    threads, (R, L, _) = numba.config.NUMBA_NUM_THREADS, check_shape(shape)
     return (padded(R, K, "widened", count=threads),
             scratch(threads * R * L, "sums").reshape(threads, R, L))
 
