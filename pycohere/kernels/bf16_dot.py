@@ -258,19 +258,18 @@ def gemm_broadcast(xb: np.ndarray, w: np.ndarray, out: np.ndarray, col0: int = 0
     x32 = xb.view(np.uint32)                                          # (M, K/2): a row's bf16 pairs
     for i0 in range(0, M, PANEL_ROW_BLOCK):
         i1 = min(i0 + PANEL_ROW_BLOCK, M)
-        P = -(-(i1 - i0) // PANEL_LANES)
-        xp = np.empty((P, K // 2, PANEL_LANES), dtype=np.uint32)       # (P, K/2, 32) the panels
-        tiles.pack_x(x32[i0:i1], xp)
+        xp = tiles._pack(x32[i0:i1], PANEL_LANES)                      # (ceil(rows/32), K/2, 32) reused panels
         gemm_panels(xp, np.int64(i1 - i0), w, out[i0:i1], np.int64(col0), wbuf, tbuf)
 
 
-def matmul(x2: np.ndarray, w: np.ndarray) -> np.ndarray:
+def matmul(x2: np.ndarray, w: np.ndarray, broadcast: bool | None = None) -> np.ndarray:
     """x2 (M, K) float32 @ W.T for W (N, K) bf16 bits, x rounded to bf16 first -> (M, N) float32.
-    Needs ``supported(K)``."""
+    Needs ``supported(K)``. ``broadcast``: the broadcast tiles (True) or the 4 x 4 tiles (False); None: by
+    ``PANEL_MIN_ROWS``."""
     xb = np.empty(x2.shape, dtype=np.uint16)
     bf16_bits(x2, xb)
     out = np.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
-    if x2.shape[0] >= PANEL_MIN_ROWS:
+    if x2.shape[0] >= PANEL_MIN_ROWS if broadcast is None else broadcast:
         gemm_broadcast(xb, w, out)
     else:
         gemm(xb, w, np.int64(ROW_BLOCK), out, np.int64(0))

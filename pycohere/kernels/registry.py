@@ -162,11 +162,7 @@ def _fast_rounded_matmul_bf16(w, x):
 def _broadcast_rounded_matmul_bf16(w, x):
     """bf16_dot's broadcast tiles at any row count (``matmul`` takes them from PANEL_MIN_ROWS rows)."""
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
-    xb = np.empty(x2.shape, dtype=np.uint16)
-    bf16_dot.bf16_bits(x2, xb)
-    out = np.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
-    bf16_dot.gemm_broadcast(xb, w.raw, out)
-    return out.reshape(x.shape[:-1] + (w.shape[0],))
+    return bf16_dot.matmul(x2, w.raw, broadcast=True).reshape(x.shape[:-1] + (w.shape[0],))
 
 
 def _spec_round_q8_k(x):

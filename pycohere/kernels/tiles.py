@@ -388,9 +388,9 @@ PANEL_TILE_ELEMENTS = 1 << 19
 def _pack(x, lanes: int):
     """x (M <= BROADCAST_ROW_BLOCK, K) as panels of ``lanes`` rows, in this thread's buffer for them (kept for the
     next call, as ``scratch``'s other slots: at most BROADCAST_ROW_BLOCK * K floats, 64 MiB for K = 33792, Command
-    A's ffn)."""
+    A's ffn). x's dtype is float32, or another of 4 bytes (``bf16_dot``'s bf16 pairs as uint32)."""
     P = (x.shape[0] + lanes - 1) // lanes
-    xp = scratch(P * x.shape[1] * lanes, "panels").reshape(P, x.shape[1], lanes)
+    xp = scratch(P * x.shape[1] * lanes, "panels").view(x.dtype).reshape(P, x.shape[1], lanes)
     pack_x(x, xp)
     return xp
 
